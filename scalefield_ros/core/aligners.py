@@ -1,0 +1,573 @@
+"""Every metric alignment method on one interface (paper section 2.2 and 3.1).
+
+``make(name, **options)`` returns an aligner; ``aligner.fit(mde_depth, anchors_uv,
+anchors_depth, *, features=None, regions=None)`` returns an :class:`AlignmentResult`
+whose ``.depth`` is metric depth and ``.scale`` the scale field ``s(x) = D / D_mde``
+(for affine methods this is the effective scale of eq 20, ``s(x) + t(x) / D_mde``).
+
+Shared, documented behaviour for degenerate input (all methods):
+
+* anchors with NaN/inf coordinates or depth, depth <= 0, outside the image, or on a pixel
+  where the MDE depth is not positive are dropped; ``result.anchors_used`` counts the rest;
+* an image with no usable anchor gets NaN depth and scale and ``fallback == "no_anchors"``;
+* an image with fewer usable anchors than the method needs (``aligner.min_anchors``) or
+  whose anchors cannot determine the method's parameters (e.g. all at one MDE depth for
+  scale + shift) is aligned with a global scale (``fallback == "global_scale"``);
+* pixels where the MDE depth is not positive, or where an affine model predicts a
+  non-positive depth, are NaN in ``.depth`` and ``.scale`` (never a made-up number).
+
+All methods are batched over images, run on the device of ``mde_depth`` and keep the
+dense work vectorised; small per-image systems are solved in float64.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .anchors import AnchorBatch, prepare_anchors
+from .generator import BasisMapGenerator, BasisMaps, load_generator
+from .scale_field import DEFAULT_RIDGE, ScaleField, log_targets, ridge_solve, sample_maps
+
+NO_ANCHORS = "no_anchors"
+GLOBAL_SCALE = "global_scale"
+
+
+@dataclass
+class AlignmentResult:
+    """Output of ``Aligner.fit``; shapes follow the ``mde_depth`` given (``(H, W)`` or ``(B, H, W)``)."""
+
+    depth: torch.Tensor  # metric depth, metres, NaN where invalid
+    scale: torch.Tensor  # s(x) = depth / mde_depth
+    anchors_used: torch.Tensor  # (B,) int
+    fallback: list[str]  # per image: "" (none), "global_scale" or "no_anchors"
+    residual: torch.Tensor  # (B,) RMS of log(depth / anchor depth) at the anchors used
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # method-specific (weights, basis maps)
+
+    @property
+    def log_scale(self) -> torch.Tensor:
+        return torch.log(self.scale)
+
+
+class _Stopwatch:
+    """Stage timer that synchronises CUDA so that times are real."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.times: dict[str, float] = {}
+        self._t = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        t = self._now()
+        self.times[name] = self.times.get(name, 0.0) + t - self._t
+        self._t = t
+
+
+@dataclass
+class FitContext:
+    """What every method's core sees: validated, batched inputs."""
+
+    mde: torch.Tensor  # (B, H, W)
+    mde_valid: torch.Tensor  # (B, H, W) bool
+    anchors: AnchorBatch
+    mde_at: torch.Tensor  # (B, N) MDE depth at the anchors
+    features: torch.Tensor | None
+    regions: torch.Tensor | None
+    watch: _Stopwatch
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.anchors.mask
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.mde.shape[-2]), int(self.mde.shape[-1])
+
+
+def _nan_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(x, float("nan"))
+
+
+def global_scale_fit(mde_at: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scale-only global fit, least squares on relative error: argmin_s sum (s D_i / z_i - 1)^2.
+
+    Relative residuals make near and far anchors count alike; with one anchor s = z / D.
+    Returns ``(B,)``; NaN for images without anchors.
+    """
+    r = torch.where(mask, mde_at.double() / depth.double(), torch.zeros_like(mde_at, dtype=torch.float64))
+    s = r.sum(1) / (r * r).sum(1)
+    return torch.where(mask.any(1), s, torch.full_like(s, float("nan"))).to(mde_at.dtype)
+
+
+def affine_fit(mde_at: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global scale and shift in depth space (eq 2): argmin sum (z_i - (s D_i + t))^2.
+
+    Returns ``(s, t, ok)`` per image where ``ok`` is False when the anchors cannot fix
+    both parameters (fewer than 2 anchors or all at one MDE depth).
+    """
+    d = mde_at.double()
+    z = depth.double()
+    m = mask.to(torch.float64)
+    n = m.sum(1)
+    mean_d = (d * m).sum(1) / n.clamp_min(1)
+    mean_z = (z * m).sum(1) / n.clamp_min(1)
+    dd = (d - mean_d[:, None]) * m
+    var = (dd * dd).sum(1)
+    cov = (dd * (z - mean_z[:, None])).sum(1)
+    ok = (n >= 2) & (var > 1e-10 * (mean_d**2 * n).clamp_min(1e-30))
+    s = torch.where(ok, cov / var.clamp_min(1e-30), torch.zeros_like(var))
+    t = mean_z - s * mean_d
+    return s.to(mde_at.dtype), t.to(mde_at.dtype), ok
+
+
+class Aligner:
+    """Base class: input validation, fallbacks, residuals and timing; subclasses fit."""
+
+    name = "base"
+    #: fewest usable anchors per image the method's own model needs
+    min_anchors = 1
+
+    def fit(
+        self,
+        mde_depth: torch.Tensor,
+        anchors_uv: torch.Tensor,
+        anchors_depth: torch.Tensor,
+        *,
+        features: torch.Tensor | None = None,
+        regions: torch.Tensor | None = None,
+        anchors_mask: torch.Tensor | None = None,
+    ) -> AlignmentResult:
+        """Align MDE depth to sparse metric anchors.
+
+        Args:
+            mde_depth: ``(H, W)`` or ``(B, H, W)`` positive depth up to scale.
+            anchors_uv: ``(N, 2)`` or ``(B, N, 2)`` pixel coordinates (u right, v down).
+            anchors_depth: ``(N,)`` or ``(B, N)`` metric depth (m) along the optical axis.
+            features: optional ``(B, C, h, w)`` MDE intermediate features (``basis``).
+            regions: optional ``(B, H, W)`` integer label map (``region``).
+            anchors_mask: optional ``(B, N)`` bool for padded anchor batches.
+        """
+        if not torch.is_tensor(mde_depth):
+            mde_depth = torch.as_tensor(mde_depth)
+        single = mde_depth.dim() == 2
+        if mde_depth.dim() not in (2, 3):
+            raise ValueError(f"mde_depth must be (H, W) or (B, H, W), got shape {tuple(mde_depth.shape)}")
+        mde = (mde_depth.unsqueeze(0) if single else mde_depth).float()
+        b, h, w = mde.shape
+        watch = _Stopwatch(mde.device)
+        anchors = prepare_anchors(anchors_uv, anchors_depth, (h, w), b, mde.device, anchors_mask)
+        mde_valid = torch.isfinite(mde) & (mde > 0)
+        safe = torch.where(mde_valid, mde, torch.zeros_like(mde))
+        # Nearest-pixel MDE value: a bilinear read would mix depths across edges.
+        ui = anchors.uv[..., 0].round().long().clamp(0, w - 1)
+        vi = anchors.uv[..., 1].round().long().clamp(0, h - 1)
+        mde_at = torch.gather(safe.view(b, -1), 1, vi * w + ui)
+        anchors.mask = anchors.mask & (mde_at > 0)
+        if regions is not None:
+            regions = torch.as_tensor(regions, device=mde.device)
+            if regions.dim() == 2:
+                regions = regions.unsqueeze(0).expand(b, -1, -1)
+            if regions.shape != mde.shape:
+                raise ValueError(f"regions must match mde_depth {tuple(mde.shape)}, got {tuple(regions.shape)}")
+        ctx = FitContext(mde, mde_valid, anchors, mde_at, features, regions, watch)
+        watch.lap("prepare")
+
+        counts = anchors.mask.sum(1)
+        depth, ok = self._fit(ctx)
+        # Fallback for images the method cannot handle: global scale (needs one anchor).
+        need = (~ok) | (counts < self.min_anchors)
+        fallback = []
+        if bool(need.any()):
+            s = global_scale_fit(mde_at, anchors.depth, anchors.mask)
+            depth = torch.where(need[:, None, None], s[:, None, None] * mde, depth)
+        depth = torch.where(mde_valid & (depth > 0) & torch.isfinite(depth), depth, _nan_like(depth))
+        none = counts == 0
+        depth = torch.where(none[:, None, None], _nan_like(depth), depth)
+        for i in range(b):
+            fallback.append(NO_ANCHORS if bool(none[i]) else GLOBAL_SCALE if bool(need[i]) else "")
+        scale = depth / torch.where(mde_valid, mde, torch.ones_like(mde))
+        out_at = torch.gather(depth.view(b, -1), 1, vi * w + ui)
+        lr = torch.where(anchors.mask, torch.log(out_at / anchors.depth), torch.zeros_like(out_at))
+        lr = torch.nan_to_num(lr, nan=0.0)
+        residual = (lr.square().sum(1) / counts.clamp_min(1)).sqrt()
+        residual = torch.where(none, torch.full_like(residual, float("nan")), residual)
+        watch.lap("apply")
+        if single:
+            depth, scale = depth[0], scale[0]
+        return AlignmentResult(depth, scale, counts, fallback, residual, dict(watch.times), ctx.extras)
+
+    def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(depth (B, H, W), ok (B,))``; ``ok`` False sends the image to the fallback."""
+        raise NotImplementedError
+
+
+class GlobalAligner(Aligner):
+    """Global scale and shift (eq 2), least squares in depth space.
+
+    ``shift=False`` fits a scale only (relative least squares, see ``global_scale_fit``).
+    """
+
+    name = "global"
+
+    def __init__(self, shift: bool = True) -> None:
+        self.shift = shift
+        self.min_anchors = 2 if shift else 1
+
+    def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        a = ctx.anchors
+        if not self.shift:
+            s = global_scale_fit(ctx.mde_at, a.depth, a.mask)
+            ctx.watch.lap("solve")
+            return s[:, None, None] * ctx.mde, torch.isfinite(s)
+        s, t, ok = affine_fit(ctx.mde_at, a.depth, a.mask)
+        ctx.extras.update(scale=s, shift=t)
+        ctx.watch.lap("solve")
+        return s[:, None, None] * ctx.mde + t[:, None, None], ok
+
+
+class PiecewiseAligner(Aligner):
+    """Piecewise affine alignment over depth intervals (Aamir et al. 2025).
+
+    The MDE depth range of each image is cut into ``intervals`` bins at quantiles of the
+    image's MDE depth, so every bin covers the same share of the image; scale and shift
+    are fitted in each bin from its anchors (eq 2 per bin). A bin with fewer than
+    ``min_per_interval`` anchors, or whose anchors cannot fix both parameters, uses the
+    global fit instead: the paper's intervals are fixed ahead, and we chose this as the
+    least surprising rule when a bin is starved (the paper does not say).
+    """
+
+    name = "piecewise"
+
+    def __init__(self, intervals: int = 3, min_per_interval: int = 3) -> None:
+        if intervals < 1:
+            raise ValueError(f"piecewise intervals must be >= 1, got {intervals}")
+        self.intervals = intervals
+        self.min_per_interval = max(2, min_per_interval)
+        self.min_anchors = 2
+
+    def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        b = ctx.mde.shape[0]
+        nb = self.intervals
+        flat = torch.where(ctx.mde_valid, ctx.mde, _nan_like(ctx.mde)).flatten(1)
+        qs = torch.linspace(0, 1, nb + 1, device=ctx.mde.device)[1:-1]
+        edges = torch.nanquantile(flat.float()[:, :: max(1, flat.shape[1] // 100000)], qs, dim=1).T.contiguous()
+        edges = torch.nan_to_num(edges, nan=0.0)  # (B, nb-1)
+        bin_a = torch.searchsorted(edges, ctx.mde_at.contiguous())  # (B, N)
+        gs, gt, gok = affine_fit(ctx.mde_at, ctx.anchors.depth, ctx.mask)
+        s_all, t_all = [], []
+        for j in range(nb):  # a handful of bins, each a batched closed form
+            m = ctx.mask & (bin_a == j)
+            s, t, ok = affine_fit(ctx.mde_at, ctx.anchors.depth, m)
+            ok &= m.sum(1) >= self.min_per_interval
+            s_all.append(torch.where(ok, s, gs))
+            t_all.append(torch.where(ok, t, gt))
+        s_b, t_b = torch.stack(s_all, 1), torch.stack(t_all, 1)  # (B, nb)
+        ctx.extras.update(scale=s_b, shift=t_b, edges=edges)
+        ctx.watch.lap("solve")
+        pix_bin = torch.searchsorted(edges, ctx.mde.reshape(b, -1).contiguous()).view_as(ctx.mde)
+        s_px = torch.gather(s_b, 1, pix_bin.view(b, -1)).view_as(ctx.mde)
+        t_px = torch.gather(t_b, 1, pix_bin.view(b, -1)).view_as(ctx.mde)
+        return s_px * ctx.mde + t_px, gok
+
+
+class LWLRAligner(Aligner):
+    """Locally weighted linear regression (eq 3, Xu & Zhao).
+
+    First the global fit (eq 2) gives D~; then at every pixel x, beta_x = [s_x, t_x]
+    minimises ``(y - X beta)^T W_x (y - X beta) + lambda t_x^2`` with X = [D~(a_i), 1] and
+    Gaussian weights ``W_x = exp(-|x - a_i|^2 / (2 sigma^2))``. Each pixel's problem is a
+    2 x 2 closed form built from N weighted sums, so the whole field is two batched
+    matrix products. Since beta varies on the scale sigma, it is evaluated on a grid of
+    stride ``stride`` pixels and upsampled bilinearly (exact for stride 1); pixels are
+    processed in chunks to bound memory.
+
+    Constants the paper leaves open (our choice): ``bandwidth`` sigma = 0.1 of the image
+    diagonal, ``ridge`` lambda = 0.1 m^2, ``stride`` = 4.
+    """
+
+    name = "lwlr"
+
+    def __init__(self, bandwidth: float = 0.1, ridge: float = 0.1, stride: int = 4, chunk: int = 16384,
+                 bandwidth_px: float | None = None) -> None:
+        self.bandwidth = bandwidth
+        self.bandwidth_px = bandwidth_px
+        self.ridge = ridge
+        self.stride = max(1, int(stride))
+        self.chunk = chunk
+        self.min_anchors = 2
+
+    def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = ctx.size
+        b = ctx.mde.shape[0]
+        gs, gt, ok = affine_fit(ctx.mde_at, ctx.anchors.depth, ctx.mask)
+        dt = (gs[:, None] * ctx.mde_at + gt[:, None]).double()  # D~ at anchors
+        y = ctx.anchors.depth.double()
+        m = ctx.mask.double()
+        sigma = self.bandwidth_px or self.bandwidth * (h * h + w * w) ** 0.5
+        hs, ws = -(-h // self.stride), -(-w // self.stride)
+        ys = torch.linspace(0, h - 1, hs, device=ctx.mde.device, dtype=torch.float64)
+        xs = torch.linspace(0, w - 1, ws, device=ctx.mde.device, dtype=torch.float64)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        pix = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)  # (P, 2)
+        auv = ctx.anchors.uv.double()
+        # Per-anchor columns of the weighted sums: [1, D~, D~^2, y, D~ y].
+        cols = torch.stack([m, m * dt, m * dt * dt, m * y, m * dt * y], -1)  # (B, N, 5)
+        sums = []
+        for p0 in range(0, pix.shape[0], self.chunk):
+            d2 = torch.cdist(pix[p0 : p0 + self.chunk].unsqueeze(0).expand(b, -1, -1), auv).square()
+            wgt = torch.exp(-d2 / (2 * sigma * sigma))  # (B, P, N)
+            sums.append(wgt @ cols)
+        S = torch.cat(sums, 1)  # (B, P, 5)
+        s0, s1, s2, sy, sdy = S.unbind(-1)
+        # [[s2, s1], [s1, s0 + lam]] [s, t]^T = [sdy, sy]^T
+        a11, a12, a22 = s2 + 1e-12, s1, s0 + self.ridge
+        det = a11 * a22 - a12 * a12
+        s_loc = (a22 * sdy - a12 * sy) / det
+        t_loc = (a11 * sy - a12 * sdy) / det
+        beta = torch.stack([s_loc, t_loc], 1).view(b, 2, hs, ws).float()
+        if (hs, ws) != (h, w):
+            beta = F.interpolate(beta, size=(h, w), mode="bilinear", align_corners=True)
+        ctx.watch.lap("solve")
+        dglob = gs[:, None, None] * ctx.mde + gt[:, None, None]
+        return beta[:, 0] * dglob + beta[:, 1], ok
+
+
+class GridAligner(Aligner):
+    """Bilinear scale grid (eq 4, HI-SLAM2), solved by regularised least squares.
+
+    Scales s_k live on a ``rows x cols`` lattice of vertices spanning the image (corners
+    included); s(x) is the bilinear interpolation (eq 4). With R the relative residuals
+    ``(s(a_i) D_i - z_i) / z_i`` the vertices minimise
+    ``|R|^2 + smooth * sum_{k~l} (s_k - s_l)^2 + prior * sum_k (s_k - s_glob)^2``:
+    the smoothness term (4-neighbour lattice Laplacian) carries scale into cells without
+    anchors, and the weak prior toward the global scale keeps the system well posed.
+    Our choices: 4 x 8 vertices, smooth = 0.1, prior = 1e-3. A 1 x 1 grid is exactly the
+    global scale fit.
+    """
+
+    name = "grid"
+
+    def __init__(self, rows: int = 4, cols: int = 8, smooth: float = 0.1, prior: float = 1e-3) -> None:
+        if rows < 1 or cols < 1:
+            raise ValueError(f"grid needs at least 1 x 1 vertices, got {rows} x {cols}")
+        self.rows, self.cols, self.smooth, self.prior = rows, cols, smooth, prior
+        self.min_anchors = 1
+
+    def _laplacian(self, device: torch.device) -> torch.Tensor:
+        r, c = self.rows, self.cols
+        idx = torch.arange(r * c, device=device).view(r, c)
+        pairs = torch.cat([
+            torch.stack([idx[:, :-1].reshape(-1), idx[:, 1:].reshape(-1)], 1),
+            torch.stack([idx[:-1, :].reshape(-1), idx[1:, :].reshape(-1)], 1),
+        ])
+        L = torch.zeros(r * c, r * c, device=device, dtype=torch.float64)
+        if len(pairs):
+            ones = torch.ones(len(pairs), device=device, dtype=torch.float64)
+            L.index_put_((pairs[:, 0], pairs[:, 0]), ones, accumulate=True)
+            L.index_put_((pairs[:, 1], pairs[:, 1]), ones, accumulate=True)
+            L.index_put_((pairs[:, 0], pairs[:, 1]), -ones, accumulate=True)
+            L.index_put_((pairs[:, 1], pairs[:, 0]), -ones, accumulate=True)
+        return L
+
+    def hat_weights(self, uv: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Bilinear weights ``(B, N, rows*cols)`` of each anchor on the lattice (eq 4)."""
+        h, w = size
+        fu = uv[..., 0].double() * ((self.cols - 1) / max(w - 1, 1))
+        fv = uv[..., 1].double() * ((self.rows - 1) / max(h - 1, 1))
+        ju = torch.arange(self.cols, device=uv.device, dtype=torch.float64)
+        iv = torch.arange(self.rows, device=uv.device, dtype=torch.float64)
+        wu = (1 - (fu[..., None] - ju).abs()).clamp_min(0)  # (B, N, cols)
+        wv = (1 - (fv[..., None] - iv).abs()).clamp_min(0)  # (B, N, rows)
+        if self.cols == 1:
+            wu = torch.ones_like(wu)
+        if self.rows == 1:
+            wv = torch.ones_like(wv)
+        return (wv[..., :, None] * wu[..., None, :]).flatten(-2)
+
+    def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = ctx.size
+        b = ctx.mde.shape[0]
+        a = ctx.anchors
+        sg = global_scale_fit(ctx.mde_at, a.depth, a.mask).double()
+        phi = self.hat_weights(a.uv, (h, w)) * (ctx.mde_at.double() / a.depth.double())[..., None]
+        phi = phi * a.mask.double()[..., None]
+        g = self.rows * self.cols
+        eye = torch.eye(g, device=phi.device, dtype=torch.float64)
+        A = phi.transpose(1, 2) @ phi + self.smooth * self._laplacian(phi.device) + self.prior * eye
+        rhs = phi.sum(1) + self.prior * torch.nan_to_num(sg, nan=1.0)[:, None]
+        s_k = torch.linalg.solve(A, rhs).float().view(b, 1, self.rows, self.cols)
+        ctx.extras.update(grid=s_k[:, 0])
+        ctx.watch.lap("solve")
+        s_px = F.interpolate(s_k, size=(h, w), mode="bilinear", align_corners=True)[:, 0]
+        return s_px * ctx.mde, torch.isfinite(sg)
+
+
+class RegionAligner(Aligner):
+    """Region-aware alignment (eq 5, Fan et al. 2025) on a caller-given label map.
+
+    In region R_i, ``D = s_i D_mde + beta_i u + gamma_i v + t_i`` is fitted by least
+    squares (u, v normalised to [0, 1], ridge 1e-6 for numerical safety). A region with
+    fewer than ``min_per_region`` anchors grows: it borrows the anchors nearest to it
+    (distance to the region's closest pixel), which is what iterative dilation until
+    enough anchors are inside would give. Pixels with a negative label are not a region
+    and get the image's global fit. Needs ``regions=`` in ``fit``.
+    """
+
+    name = "region"
+
+    def __init__(self, min_per_region: int = 6, ridge: float = 1e-6, pixel_stride: int = 4) -> None:
+        self.min_per_region = max(4, min_per_region)
+        self.ridge = ridge
+        self.pixel_stride = pixel_stride
+        self.min_anchors = self.min_per_region
+
+    def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        if ctx.regions is None:
+            raise ValueError("the region aligner needs a label map: call fit(..., regions=labels (H, W) int)")
+        h, w = ctx.size
+        b = ctx.mde.shape[0]
+        a = ctx.anchors
+        gs, gt, gok = affine_fit(ctx.mde_at, a.depth, a.mask)
+        un = a.uv[..., 0].double() / max(w - 1, 1)
+        vn = a.uv[..., 1].double() / max(h - 1, 1)
+        design = torch.stack([ctx.mde_at.double(), un, vn, torch.ones_like(un)], -1)  # (B, N, 4)
+        out = gs[:, None, None] * ctx.mde + gt[:, None, None]
+        vv, uu = torch.meshgrid(
+            torch.linspace(0, 1, h, device=out.device), torch.linspace(0, 1, w, device=out.device), indexing="ij"
+        )
+        st = self.pixel_stride
+        for i in range(b):  # per image: regions differ in number and shape
+            lab = ctx.regions[i].long()
+            labels = torch.unique(lab)
+            labels = labels[labels >= 0]
+            if labels.numel() == 0 or int(a.mask[i].sum()) < 2:
+                continue
+            members = []
+            sub = lab[::st, ::st]
+            sv, su = torch.meshgrid(
+                torch.arange(0, h, st, device=out.device), torch.arange(0, w, st, device=out.device), indexing="ij"
+            )
+            apts = a.uv[i].double()
+            big = torch.tensor(float("inf"), device=out.device, dtype=torch.float64)
+            for r in labels:
+                sel = sub == r
+                if not bool(sel.any()):
+                    sel = lab == r
+                    pts = torch.stack([torch.nonzero(sel)[:, 1], torch.nonzero(sel)[:, 0]], 1).double()
+                else:
+                    pts = torch.stack([su[sel], sv[sel]], 1).double()
+                dist = torch.cdist(apts, pts).min(1).values
+                ai = a.uv[i].round().long()
+                inside = lab[ai[:, 1].clamp(0, h - 1), ai[:, 0].clamp(0, w - 1)] == r
+                dist = torch.where(inside, torch.zeros_like(dist), dist)
+                dist = torch.where(a.mask[i], dist, big)
+                k = min(self.min_per_region, int(a.mask[i].sum()))
+                kth = torch.kthvalue(dist, k).values if k > 0 else big
+                members.append(a.mask[i] & ((dist == 0) | (dist <= kth)))
+            mem = torch.stack(members)  # (R, N)
+            R = mem.shape[0]
+            wts = ridge_solve(design[i].expand(R, -1, -1), a.depth[i].double().expand(R, -1), mem, self.ridge)
+            ridx = torch.searchsorted(labels, lab.clamp_min(0).view(-1)).clamp(max=R - 1).view(h, w)
+            p = wts.float()[ridx]  # (H, W, 4)
+            reg = p[..., 0] * ctx.mde[i] + p[..., 1] * uu + p[..., 2] * vv + p[..., 3]
+            out[i] = torch.where(lab >= 0, reg, out[i])
+        ctx.watch.lap("solve")
+        return out, gok
+
+
+class BasisAligner(Aligner):
+    """The paper's method: learned basis maps weighted by a ridge solve in log space.
+
+    ``E = generator(D_mde, F)`` (eqs 17-19); ``M_im = E_m(a_i)`` (eq 12),
+    ``y_i = log z_i - log D_mde(a_i)`` (eq 10); ``w = (M^T M + lambda I)^-1 M^T y``
+    (eq 15); ``D = D_mde exp(E^T w)`` (eq 16). The ridge keeps every image solvable,
+    down to a single anchor. ``basis_maps=`` in ``fit`` reuses maps computed elsewhere.
+    """
+
+    name = "basis"
+
+    def __init__(
+        self,
+        generator: BasisMapGenerator | None = None,
+        checkpoint: str | Path | None = None,
+        ridge: float = DEFAULT_RIDGE,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if generator is None:
+            if checkpoint is None:
+                from ..checkpoints import default_checkpoint
+
+                checkpoint = default_checkpoint("low")
+            generator = load_generator(checkpoint, device or "cpu")
+        elif device is not None:
+            generator = generator.to(device)
+        self.generator = generator
+        self.ridge = ridge
+        self.min_anchors = 1
+
+    def fit(self, mde_depth, anchors_uv, anchors_depth, *, features=None, regions=None, anchors_mask=None,
+            basis_maps: BasisMaps | None = None) -> AlignmentResult:  # noqa: D102 - see Aligner.fit
+        self._maps = basis_maps
+        try:
+            return super().fit(mde_depth, anchors_uv, anchors_depth, features=features, regions=regions,
+                               anchors_mask=anchors_mask)
+        finally:
+            self._maps = None
+
+    def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self._maps
+        if maps is None:
+            gen = self.generator
+            dev = next(gen.parameters()).device
+            feats = ctx.features.to(dev) if ctx.features is not None else None
+            with torch.no_grad():
+                maps = gen(ctx.mde.to(dev), feats)
+            ctx.watch.lap("generator")
+        E = maps.E.to(ctx.mde.device).float()
+        design = sample_maps(E, ctx.anchors.uv)
+        y = log_targets(ctx.anchors.depth, ctx.mde_at, ctx.mask)
+        wts = ridge_solve(design, y, ctx.mask, self.ridge)
+        ctx.extras.update(weights=wts, design=design, target=y, gates=maps.G)
+        ctx.extras["basis"] = E
+        ctx.watch.lap("solve")
+        field_ = ScaleField.from_basis(E, wts)
+        return field_.apply(ctx.mde), torch.ones(E.shape[0], dtype=torch.bool, device=E.device)
+
+
+_REGISTRY: dict[str, Callable[..., Aligner]] = {
+    "basis": BasisAligner,
+    "global": GlobalAligner,
+    "piecewise": PiecewiseAligner,
+    "lwlr": LWLRAligner,
+    "grid": GridAligner,
+    "region": RegionAligner,
+}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`make`."""
+    return list(_REGISTRY)
+
+
+def make(name: str, **options) -> Aligner:
+    """Build an aligner by name (``basis``, ``global``, ``piecewise``, ``lwlr``, ``grid``, ``region``)."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown aligner {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ValueError(f"bad options for aligner {name!r}: {exc}") from exc

@@ -1,0 +1,227 @@
+"""Sparse metric anchors: cleaning, the paper's sampling protocol, and LiDAR projection.
+
+Anchor convention: ``uv`` are pixel coordinates (u right, v down, pixel centres at
+integers) and ``depth`` is metric depth along the optical axis (z in the camera frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: (low, high) inclusive anchor counts of the paper's regimes (section 4.1).
+REGIMES: dict[str, tuple[int, int]] = {"low": (10, 15), "medium": (100, 120), "high": (500, 530)}
+#: Anchor counts of the drop-anchor protocol (Table 3).
+DROP_COUNTS: tuple[int, ...] = (9, 7, 5, 3, 1)
+
+
+@dataclass
+class AnchorBatch:
+    """Anchors for a batch, padded to a common N with a validity mask."""
+
+    uv: torch.Tensor  # (B, N, 2) float
+    depth: torch.Tensor  # (B, N) float, metres
+    mask: torch.Tensor  # (B, N) bool, True for anchors that count
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.mask.sum(1)
+
+
+def prepare_anchors(
+    anchors_uv: torch.Tensor | np.ndarray,
+    anchors_depth: torch.Tensor | np.ndarray,
+    image_size: tuple[int, int],
+    batch: int,
+    device: torch.device | str,
+    mask: torch.Tensor | None = None,
+) -> AnchorBatch:
+    """Validate and batch anchors.
+
+    Accepts ``(N, 2)``/``(N,)`` for one image (broadcast to every image of the batch) or
+    ``(B, N, 2)``/``(B, N)``. Anchors with a non-finite coordinate or depth, depth <= 0,
+    or a pixel outside the ``(H, W)`` image are *dropped* (masked out), never used.
+
+    Raises:
+        ValueError: when the shapes do not fit together (with the shapes seen).
+    """
+    uv = torch.as_tensor(anchors_uv, device=device, dtype=torch.float32)
+    z = torch.as_tensor(anchors_depth, device=device, dtype=torch.float32)
+    if uv.dim() == 2:
+        uv = uv.unsqueeze(0).expand(batch, -1, -1)
+    if z.dim() == 1:
+        z = z.unsqueeze(0).expand(batch, -1)
+    if uv.dim() != 3 or uv.shape[-1] != 2 or z.shape != uv.shape[:2] or uv.shape[0] != batch:
+        raise ValueError(
+            f"anchors_uv must be (N, 2) or (B, N, 2) and anchors_depth (N,) or (B, N) with "
+            f"B={batch}; got anchors_uv {tuple(uv.shape)} and anchors_depth {tuple(z.shape)}"
+        )
+    h, w = image_size
+    ok = torch.isfinite(uv).all(-1) & torch.isfinite(z) & (z > 0)
+    ok &= (uv[..., 0] >= -0.5) & (uv[..., 0] <= w - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] <= h - 0.5)
+    if mask is not None:
+        ok &= torch.as_tensor(mask, device=device, dtype=torch.bool).expand_as(ok)
+    uv = torch.where(ok.unsqueeze(-1), uv, torch.zeros_like(uv))
+    z = torch.where(ok, z, torch.ones_like(z))
+    return AnchorBatch(uv.contiguous(), z.contiguous(), ok)
+
+
+def grid_candidates(valid: np.ndarray, grid: tuple[int, int] = (24, 40)) -> np.ndarray:
+    """Candidate anchor pixels of the paper's protocol (section 4.1).
+
+    A fixed ``A x B`` grid of pixels spans the image; a candidate outside the valid mask
+    moves to the nearest valid pixel (Euclidean distance transform). Duplicates that
+    land on the same pixel are merged. Returns ``(M, 2)`` integer ``(u, v)``; empty when
+    nothing is valid.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    valid = np.asarray(valid, dtype=bool)
+    if not valid.any():
+        return np.zeros((0, 2), dtype=np.int64)
+    h, w = valid.shape
+    a, b = grid
+    vs = np.round(np.linspace(0, h - 1, a + 2)[1:-1]).astype(np.int64)
+    us = np.round(np.linspace(0, w - 1, b + 2)[1:-1]).astype(np.int64)
+    gv, gu = np.meshgrid(vs, us, indexing="ij")
+    gv, gu = gv.ravel(), gu.ravel()
+    _, (iv, iu) = distance_transform_edt(~valid, return_indices=True)
+    pv, pu = iv[gv, gu], iu[gv, gu]
+    lin = np.unique(pv * w + pu)
+    return np.stack([lin % w, lin // w], axis=1)
+
+
+def sample_regime(
+    gt_depth: np.ndarray,
+    valid: np.ndarray,
+    regime: str | tuple[int, int] | int,
+    seed: int,
+    grid: tuple[int, int] = (24, 40),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Anchors of one regime from ground truth: N ~ U[lo, hi], N grid candidates at random.
+
+    Args:
+        gt_depth: ``(H, W)`` metric ground truth.
+        valid: ``(H, W)`` evaluation mask (anchors only come from valid pixels).
+        regime: ``"low"``, ``"medium"``, ``"high"``, an inclusive ``(lo, hi)`` or a count.
+        seed: per-image seed (the protocol fixes it so every method sees the same anchors).
+
+    Returns:
+        ``uv`` ``(N, 2)`` float32 and ``depth`` ``(N,)`` float32 (N may be smaller than asked
+        when the image has fewer valid candidates).
+    """
+    if isinstance(regime, str):
+        if regime not in REGIMES:
+            raise ValueError(f"unknown anchor regime {regime!r}; use one of {sorted(REGIMES)}")
+        lo, hi = REGIMES[regime]
+    elif isinstance(regime, int):
+        lo = hi = regime
+    else:
+        lo, hi = regime
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(lo, hi + 1))
+    cand = grid_candidates(valid, grid)
+    if len(cand) > n:
+        cand = cand[np.sort(rng.choice(len(cand), size=n, replace=False))]
+    depth = gt_depth[cand[:, 1], cand[:, 0]].astype(np.float32)
+    return cand.astype(np.float32), depth
+
+
+def drop_anchor_sets(uv: np.ndarray, counts: tuple[int, ...] = DROP_COUNTS) -> dict[int, np.ndarray]:
+    """The drop-anchor protocol (section 4.1): nested index sets of decreasing size.
+
+    Starting from all given anchors (the protocol starts from 9), repeatedly remove the
+    anchor closest to any other anchor. The two anchors of the closest pair are tied on
+    that distance; the one removed is the one whose *second*-nearest neighbour is closer
+    (it is the more redundant), then the higher index. Deterministic.
+
+    Returns:
+        ``{n: indices into uv}`` for each ``n`` in ``counts`` not larger than ``len(uv)``;
+        every set contains the next smaller one.
+    """
+    pts = np.asarray(uv, dtype=np.float64)
+    alive = list(range(len(pts)))
+    out: dict[int, np.ndarray] = {}
+    wanted = sorted(set(counts), reverse=True)
+    while True:
+        if len(alive) in wanted:
+            out[len(alive)] = np.array(sorted(alive), dtype=np.int64)
+        if len(alive) <= 1 or len(alive) <= min(wanted):
+            break
+        p = pts[alive]
+        d = np.linalg.norm(p[:, None] - p[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        srt = np.sort(d, axis=1)
+        second = srt[:, 1] if len(alive) > 2 else np.zeros(len(alive))
+        # lexsort: last key is primary -> nearest distance, then second, then -index.
+        order = np.lexsort((-np.arange(len(alive)), second, srt[:, 0]))
+        alive.pop(int(order[0]))
+    return out
+
+
+def project_points(
+    points: torch.Tensor,
+    T_cam_lidar: torch.Tensor,
+    K: torch.Tensor,
+    image_size: tuple[int, int],
+    min_depth: float = 0.1,
+    occlusion_kernel: int = 5,
+    occlusion_rel: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LiDAR points -> pixel anchors ``(uv, z)`` with occlusion filtering.
+
+    ``X_cam = T_cam_lidar @ [X_lidar; 1]`` with the camera optical frame (x right, y down,
+    z forward), then ``u = fx x/z + cx``, ``v = fy y/z + cy``. Points that are non-finite,
+    closer than ``min_depth`` (incl. behind the camera) or outside the image are dropped;
+    where several land on one pixel only the nearest stays. Because the LiDAR sits apart
+    from the camera, background points can show through gaps in the foreground; with
+    ``occlusion_kernel > 1`` a point is also dropped when a point in its k x k
+    neighbourhood is more than ``occlusion_rel`` (relative) nearer.
+
+    Args:
+        points: ``(N, 3+)`` xyz in the LiDAR frame (extra columns ignored).
+        T_cam_lidar: ``(4, 4)`` transform from LiDAR to camera optical frame.
+        K: ``(3, 3)`` pinhole intrinsics of the (rectified) image.
+        image_size: ``(H, W)``.
+
+    Returns:
+        ``uv`` ``(M, 2)`` pixel coordinates (rounded to pixel centres) and ``z`` ``(M,)``.
+    """
+    h, w = image_size
+    pts = torch.as_tensor(points, dtype=torch.float32)
+    dev = pts.device
+    T = torch.as_tensor(T_cam_lidar, dtype=torch.float32, device=dev)
+    Km = torch.as_tensor(K, dtype=torch.float32, device=dev)
+    if pts.dim() != 2 or pts.shape[1] < 3:
+        raise ValueError(f"points must be (N, 3) or wider, got {tuple(pts.shape)}")
+    xyz = pts[:, :3]
+    xyz = xyz[torch.isfinite(xyz).all(1)]
+    cam = xyz @ T[:3, :3].T + T[:3, 3]
+    cam = cam[cam[:, 2] > min_depth]
+    z = cam[:, 2]
+    u = Km[0, 0] * cam[:, 0] / z + Km[0, 1] * cam[:, 1] / z + Km[0, 2]
+    v = Km[1, 1] * cam[:, 1] / z + Km[1, 2]
+    ui, vi = torch.round(u), torch.round(v)
+    inside = (ui >= 0) & (ui <= w - 1) & (vi >= 0) & (vi <= h - 1)
+    ui, vi, z = ui[inside].long(), vi[inside].long(), z[inside]
+    if z.numel() == 0:
+        return torch.zeros(0, 2, device=dev), torch.zeros(0, device=dev)
+    lin = vi * w + ui
+    zbuf = torch.full((h * w,), float("inf"), device=dev)
+    zbuf.scatter_reduce_(0, lin, z, reduce="amin")
+    # One point per pixel: the nearest (ties broken by the first occurrence).
+    nearest = z <= zbuf[lin]
+    order = torch.arange(z.numel(), device=dev)
+    first = torch.full((h * w,), z.numel(), device=dev, dtype=torch.long)
+    first.scatter_reduce_(0, lin[nearest], order[nearest], reduce="amin")
+    keep = nearest & (first[lin] == order)
+    if occlusion_kernel > 1:
+        img = torch.where(torch.isinf(zbuf), torch.full_like(zbuf, 1e9), zbuf).view(1, 1, h, w)
+        k = int(occlusion_kernel) | 1
+        local_min = -F.max_pool2d(-img, k, stride=1, padding=k // 2).view(-1)
+        keep &= z <= local_min[lin] * (1.0 + occlusion_rel)
+    uv = torch.stack([ui[keep], vi[keep]], dim=1).float()
+    return uv, z[keep]
