@@ -94,6 +94,30 @@ def grid_candidates(valid: np.ndarray, grid: tuple[int, int] = (24, 40)) -> np.n
     return np.stack([lin % w, lin // w], axis=1)
 
 
+def regime_count(regime: str | tuple[int, int] | int, rng: np.random.Generator) -> int:
+    """Anchor count of a regime: ``"low"``/``"medium"``/``"high"``, an inclusive (lo, hi) or a count."""
+    if isinstance(regime, str):
+        if regime not in REGIMES:
+            raise ValueError(f"unknown anchor regime {regime!r}; use one of {sorted(REGIMES)}")
+        lo, hi = REGIMES[regime]
+    elif isinstance(regime, (int, np.integer)):
+        lo = hi = int(regime)
+    else:
+        lo, hi = regime
+    return int(rng.integers(lo, hi + 1))
+
+
+def choose_anchors(
+    candidates: np.ndarray, gt_depth: np.ndarray, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` of the grid candidates at random (all when fewer): ``(uv (N, 2), depth (N,))`` float32."""
+    cand = candidates
+    if len(cand) > count:
+        cand = cand[np.sort(rng.choice(len(cand), size=count, replace=False))]
+    depth = gt_depth[cand[:, 1], cand[:, 0]].astype(np.float32)
+    return cand.astype(np.float32), depth
+
+
 def sample_regime(
     gt_depth: np.ndarray,
     valid: np.ndarray,
@@ -113,21 +137,9 @@ def sample_regime(
         ``uv`` ``(N, 2)`` float32 and ``depth`` ``(N,)`` float32 (N may be smaller than asked
         when the image has fewer valid candidates).
     """
-    if isinstance(regime, str):
-        if regime not in REGIMES:
-            raise ValueError(f"unknown anchor regime {regime!r}; use one of {sorted(REGIMES)}")
-        lo, hi = REGIMES[regime]
-    elif isinstance(regime, int):
-        lo = hi = regime
-    else:
-        lo, hi = regime
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(lo, hi + 1))
-    cand = grid_candidates(valid, grid)
-    if len(cand) > n:
-        cand = cand[np.sort(rng.choice(len(cand), size=n, replace=False))]
-    depth = gt_depth[cand[:, 1], cand[:, 0]].astype(np.float32)
-    return cand.astype(np.float32), depth
+    n = regime_count(regime, rng)
+    return choose_anchors(grid_candidates(valid, grid), gt_depth, n, rng)
 
 
 def drop_anchor_sets(uv: np.ndarray, counts: tuple[int, ...] = DROP_COUNTS) -> dict[int, np.ndarray]:

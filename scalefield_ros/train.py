@@ -1,0 +1,382 @@
+"""Train the basis map generator on a frozen MDE's cached outputs (paper eqs 24-28).
+
+    python -m scalefield_ros.train --config config/train_k8_low.yaml --out runs/k8_low
+    torchrun --nproc_per_node 2 -m scalefield_ros.train --config ... --out ...   # data parallel
+
+Every image gets fresh anchors of the configured regime each epoch (validation anchors
+are fixed); the weights are solved in closed form inside the graph (eq 15), so the
+generator learns maps that work with whatever anchors arrive. The checkpoint with the
+lowest validation loss is kept as ``OUT/best.safetensors`` + ``OUT/best.json``;
+``OUT/last*`` lets ``--resume`` continue; ``--init CKPT --regime medium --epochs 5`` is
+the paper's fine-tune to another anchor regime. ``OUT/log.csv`` and ``OUT/curves.png``
+record the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from .core.anchors import choose_anchors, grid_candidates, regime_count
+from .core.generator import BasisMapGenerator, GeneratorConfig, load_generator, save_generator
+from .core.losses import LossWeights, total_loss
+from .core.metrics import depth_metrics
+from .core.scale_field import ScaleField, log_targets, ridge_solve, sample_maps
+from .data.synthetic import HELD_OUT_SEED, parse_seeds
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; YAML keys have the same names."""
+
+    data: str = "synthetic:both"
+    seeds: str = "2000-2399"  # the last val_fraction of them is the validation split
+    frames: list = field(default_factory=lambda: [0])
+    val_fraction: float = 0.1
+    mde: str = "embedded"
+    cache_dir: str | None = None
+    num_basis: int = 8
+    width: int = 32
+    use_features: bool = True  # False: the F(x) = 0 ablation
+    regime: str = "low"
+    ridge: float = 1e-3
+    lambda_anchor: float = 0.1
+    lambda_decor: float = 1e-4
+    lambda_gate: float = 1e-4
+    epochs: int = 25
+    batch: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0  # processes rendering/caching samples before training; 0 = in process
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: dict) -> "TrainConfig":
+        raw = {}
+        if path:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"training config {path} must be a YAML mapping, got {type(raw).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown keys in {path}: {sorted(unknown)}; valid keys: {sorted(known)}")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**raw)
+
+
+class _Item:
+    """One cached training image, as tensors."""
+
+    def __init__(self, sample, depth: torch.Tensor, feats: torch.Tensor) -> None:
+        self.key = sample.key
+        self.family = sample.family
+        self.mde = depth
+        self.feats = feats
+        self.gt = torch.from_numpy(np.nan_to_num(sample.depth, nan=0.0))
+        self.valid = torch.from_numpy(sample.valid)
+        self.cand = grid_candidates(sample.valid)
+        self.gt_np = np.nan_to_num(sample.depth, nan=0.0)
+
+
+def _cache_one(args):
+    cfg, idx = args
+    return _load_item(cfg, idx)
+
+
+_WORKER_STATE: dict = {}
+
+
+def _load_item(cfg: TrainConfig, idx: int):
+    from .data.cache import FeatureCache
+    from .data.datasets import open_dataset
+    from .mde.backends import load_backend
+
+    if "ds" not in _WORKER_STATE:
+        torch.set_num_threads(1)
+        seeds = parse_seeds(cfg.seeds)
+        _WORKER_STATE["ds"] = open_dataset(cfg.data, ",".join(map(str, seeds)), tuple(cfg.frames))
+        _WORKER_STATE["cache"] = FeatureCache(load_backend(cfg.mde, "cpu"), cfg.cache_dir)
+    s = _WORKER_STATE["ds"][idx]
+    d, f = _WORKER_STATE["cache"].get(s)
+    return _Item(s, d, f)
+
+
+def load_items(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[list[_Item], list[_Item]]:
+    """Cached items of the train and validation splits (seeds split by position)."""
+    from .data.datasets import open_dataset
+
+    seeds = parse_seeds(cfg.seeds)
+    if any(s >= HELD_OUT_SEED for s in seeds):
+        raise ValueError(f"training seeds must be below {HELD_OUT_SEED} (held out for evaluation); got {cfg.seeds}")
+    ds = open_dataset(cfg.data, ",".join(map(str, seeds)), tuple(cfg.frames))
+    n_val_seeds = max(1, int(round(len(seeds) * cfg.val_fraction)))
+    val_seeds = set(seeds[-n_val_seeds:])
+    idx = list(range(len(ds)))
+    if cfg.workers > 0:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(cfg.workers) as ex:
+            items = list(ex.map(_cache_one, [(cfg, i) for i in idx], chunksize=4))
+    else:
+        from tqdm import tqdm
+
+        items = [_load_item(cfg, i) for i in tqdm(idx, desc="caching MDE outputs", disable=rank != 0)]
+    train_items = [it for i, it in enumerate(items) if ds.items[i][1] not in val_seeds]
+    val_items = [it for i, it in enumerate(items) if ds.items[i][1] in val_seeds]
+    return train_items, val_items
+
+
+def _batches(items: list[_Item], batch: int, rng: np.random.Generator) -> list[list[int]]:
+    """Index batches of same-size images (one family each), shuffled."""
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(tuple(it.mde.shape), []).append(i)
+    out = []
+    for idx in groups.values():
+        idx = list(rng.permutation(idx))
+        out += [idx[j : j + batch] for j in range(0, len(idx), batch)]
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
+def _anchor_batch(items: list[_Item], regime, rng: np.random.Generator, device) -> tuple[torch.Tensor, ...]:
+    uvs, zs = [], []
+    for it in items:
+        uv, z = choose_anchors(it.cand, it.gt_np, regime_count(regime, rng), rng)
+        uvs.append(uv)
+        zs.append(z)
+    n = max(1, max(len(z) for z in zs))
+    uv_t = torch.zeros(len(items), n, 2)
+    z_t = torch.ones(len(items), n)
+    m_t = torch.zeros(len(items), n, dtype=torch.bool)
+    for i, (uv, z) in enumerate(zip(uvs, zs)):
+        uv_t[i, : len(z)] = torch.from_numpy(uv)
+        z_t[i, : len(z)] = torch.from_numpy(z)
+        m_t[i, : len(z)] = True
+    return uv_t.to(device), z_t.to(device), m_t.to(device)
+
+
+def step_loss(gen, batch: list[_Item], cfg: TrainConfig, rng, device) -> tuple[dict, torch.Tensor]:
+    """Forward one batch: maps -> ridge weights from anchors -> dense depth -> eq 28."""
+    mde = torch.stack([it.mde for it in batch]).to(device)
+    feats = torch.stack([it.feats for it in batch]).to(device).float()
+    gt = torch.stack([it.gt for it in batch]).to(device)
+    valid = torch.stack([it.valid for it in batch]).to(device)
+    uv, z, am = _anchor_batch(batch, cfg.regime, rng, device)
+    maps = gen(mde, feats)
+    design = sample_maps(maps.E, uv)
+    ui = uv[..., 0].round().long()
+    vi = uv[..., 1].round().long()
+    w = mde.shape[-1]
+    mde_at = torch.gather(mde.view(len(batch), -1), 1, vi * w + ui)
+    y = log_targets(z, mde_at, am)
+    wts = ridge_solve(design, y, am, cfg.ridge)
+    pred = ScaleField.from_basis(maps.E, wts).apply(mde)
+    lw = LossWeights(cfg.lambda_anchor, cfg.lambda_decor, cfg.lambda_gate)
+    terms = total_loss(maps, pred, gt, valid, design, wts, y, am, lw)
+    return terms, pred.detach()
+
+
+def _save_state(path: Path, opt: torch.optim.Optimizer, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for pi, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pi}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape if v.dim() else (1,))
+    save_file(tensors, str(path) + ".safetensors")
+    Path(str(path) + ".json").write_text(json.dumps(meta, indent=2))
+
+
+def _load_state(path: Path, opt: torch.optim.Optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    t = load_file(str(path) + ".safetensors")
+    sd = opt.state_dict()
+    state = {}
+    for key, v in t.items():
+        pi, k = key.split(".", 1)
+        state.setdefault(int(pi), {})[k] = v.reshape(()) if k == "step" else v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    return json.loads(Path(str(path) + ".json").read_text())
+
+
+def _plot(log_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(log_path.open()))
+    if not rows:
+        return
+    ep = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(ep, [float(r["train_loss"]) for r in rows], label="train")
+    ax[0].plot(ep, [float(r["val_loss"]) for r in rows], label="val")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("loss (eq 28)")
+    ax[0].legend()
+    ax[1].plot(ep, [float(r["val_abs_rel"]) for r in rows], label="val AbsRel")
+    ax[1].set_xlabel("epoch")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def run(cfg: TrainConfig, out: Path, resume: bool = False, init: str | None = None) -> Path:
+    """Train; return the path of the best checkpoint (without suffix)."""
+    from tqdm import tqdm
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    from .mde.backends import resolve_device
+
+    device = resolve_device(cfg.device)
+    if world > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend)
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    train_items, val_items = load_items(cfg, rank, world)
+    if not train_items or not val_items:
+        raise ValueError(f"need training and validation images; got {len(train_items)} and {len(val_items)} "
+                         f"from seeds {cfg.seeds} (val_fraction {cfg.val_fraction})")
+    feat_c = train_items[0].feats.shape[0]
+    if init:
+        gen = load_generator(init, "cpu")
+        gen.config.use_features = cfg.use_features
+    else:
+        gen = BasisMapGenerator(GeneratorConfig(num_basis=cfg.num_basis, feature_channels=feat_c, width=cfg.width,
+                                                mde=cfg.mde, use_features=cfg.use_features))
+    gen = gen.to(device)
+    model = gen
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(gen, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.AdamW(gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, best = 0, math.inf
+    if resume and Path(str(out / "last") + ".safetensors").is_file():
+        gen.load_state_dict(load_generator(out / "last", "cpu").state_dict())
+        meta = _load_state(out / "last_optim", opt)
+        start, best = meta["epoch"], meta["best_val"]
+        if rank == 0:
+            print(f"resuming after epoch {start} (best val {best:.4f})")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), last_epoch=-1)
+    with warnings.catch_warnings():  # fast-forward the schedule when resuming
+        warnings.simplefilter("ignore")
+        for _ in range(start):
+            sched.step()
+    log_path = out / "log.csv"
+    if rank == 0 and (start == 0 or not log_path.exists()):
+        log_path.write_text("epoch,train_loss,val_loss,val_abs_rel,val_delta1,lr,seconds\n")
+    extra = {"train_config": asdict(cfg)}
+    for epoch in range(start, cfg.epochs):
+        t0 = time.time()
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        batches = _batches(train_items, cfg.batch, np.random.default_rng([cfg.seed, epoch]))
+        batches = batches[rank::world]
+        if world > 1:  # equal step counts on every rank, or DDP waits forever
+            n = len(_batches(train_items, cfg.batch, np.random.default_rng([cfg.seed, epoch]))) // world
+            batches = batches[:n]
+        model.train()
+        run_loss, n_seen = 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False)
+        for bidx in bar:
+            terms, _ = step_loss(model, [train_items[i] for i in bidx], cfg, rng, device)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
+            opt.step()
+            run_loss += float(terms["loss"].detach())
+            n_seen += 1
+            bar.set_postfix(loss=f"{run_loss / n_seen:.4f}")
+        sched.step()
+        train_loss = run_loss / max(n_seen, 1)
+        if world > 1:
+            t = torch.tensor([train_loss], device=device)
+            dist.all_reduce(t)
+            train_loss = float(t) / world
+        if rank == 0:
+            val = evaluate_items(gen, val_items, cfg, device)
+            row = [epoch + 1, train_loss, val["loss"], val["abs_rel"], val["delta1"], sched.get_last_lr()[0],
+                   time.time() - t0]
+            with log_path.open("a") as fh:
+                fh.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) + "\n")
+            print(f"epoch {epoch + 1}: train {train_loss:.4f} val {val['loss']:.4f} "
+                  f"AbsRel {val['abs_rel']:.4f} delta1 {val['delta1']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+            if val["loss"] < best:
+                best = val["loss"]
+                save_generator(gen, out / "best", {**extra, "epoch": epoch + 1, "val": val})
+            save_generator(gen, out / "last", {**extra, "epoch": epoch + 1})
+            _save_state(out / "last_optim", opt, {"epoch": epoch + 1, "best_val": best})
+        if world > 1:
+            dist.barrier()
+    if rank == 0:
+        _plot(log_path, out / "curves.png")
+    if world > 1:
+        dist.destroy_process_group()
+    return out / "best"
+
+
+@torch.no_grad()
+def evaluate_items(gen, items: list[_Item], cfg: TrainConfig, device) -> dict[str, float]:
+    """Validation loss and metrics with anchors fixed per image (seed = position)."""
+    gen.eval()
+    losses, rel, d1 = [], [], []
+    for i in range(0, len(items), cfg.batch):
+        batch = items[i : i + cfg.batch]
+        shapes = {tuple(it.mde.shape) for it in batch}
+        for shape in shapes:
+            sub = [it for it in batch if tuple(it.mde.shape) == shape]
+            terms, pred = step_loss(gen, sub, cfg, np.random.default_rng(i), device)
+            losses.append(float(terms["loss"]) * len(sub))
+            for it, p in zip(sub, pred.cpu()):
+                m = depth_metrics(p, it.gt, it.valid)
+                rel.append(m["abs_rel"])
+                d1.append(m["delta1"])
+    return {"loss": sum(losses) / len(items), "abs_rel": float(np.nanmean(rel)), "delta1": float(np.nanmean(d1))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file with TrainConfig keys")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, log.csv, curves.png)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--init", help="start from this checkpoint (fine-tuning, e.g. to another regime)")
+    for f in fields(TrainConfig):
+        if f.name == "frames":
+            p.add_argument("--frames", type=lambda s: [int(x) for x in s.split(",")], help="frame indices per seed")
+            continue
+        typ = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes")}.get(
+            f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str"), str)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=typ, help=f"override {f.name}")
+    a = p.parse_args(argv)
+    overrides = {f.name: getattr(a, f.name) for f in fields(TrainConfig)}
+    cfg = TrainConfig.load(a.config, overrides)
+    best = run(cfg, Path(a.out), a.resume, a.init)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best checkpoint: {best}.safetensors")
+
+
+if __name__ == "__main__":
+    main()
