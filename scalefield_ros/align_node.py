@@ -1,0 +1,357 @@
+"""ROS 2 node ``scalefield_align``: image + CameraInfo + PointCloud2 -> metric depth.
+
+    ros2 launch scalefield_ros align.launch.py
+    python -m scalefield_ros.align_node --ros-args --params-file config/align.yaml
+
+A thin shell around :class:`scalefield_ros.pipeline.MetricDepthPipeline`: callbacks only
+convert messages and hand the newest synchronised frame to a worker thread; all numbers
+are computed in the pipeline. When processing is slower than the sensors, the worker
+takes only the newest frame and counts the ones it skipped; no backlog builds up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .pipeline import BELOW_MIN, PIPELINE_METHODS, MetricDepthPipeline, PipelineConfig
+from .ros import conversions as cv
+
+try:  # present on any ROS 2 robot, not installable on these CI machines
+    import message_filters  # type: ignore
+except ImportError:  # pragma: no cover - depends on the machine
+    message_filters = None
+
+NODE_NAME = "scalefield_align"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    description: str
+    dynamic: bool = False  # may change at run time (ros2 param set)
+
+
+PARAMS: tuple[Param, ...] = (
+    Param("method", "basis", f"aligner: one of {', '.join(PIPELINE_METHODS)}", True),
+    Param("device", "auto", "torch device: auto (CUDA when available), cpu, cuda, cuda:1"),
+    Param("mde_backend", "embedded", "MDE backend: embedded, embedded:PATH or package.module:Class"),
+    Param("generator_checkpoint", "", "basis generator checkpoint (.safetensors with .json); empty = shipped"),
+    Param("generator_regime", "medium", "which shipped generator when no checkpoint: low (K=8) or medium (K=30)"),
+    Param("ridge_lambda", 0.001, "ridge lambda of the basis weight solve (eq 14), > 0", True),
+    Param("min_anchors", 3, "fewer projected anchors than this -> below_min_anchors policy, >= 1", True),
+    Param("below_min_anchors", "global", "policy under min_anchors: global (scale fit) or skip", True),
+    Param("max_depth", 0.0, "depths beyond this (m) are published as +inf (REP 118); 0 = no limit", True),
+    Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),
+    Param("qos_reliability", "best_effort", "subscriber QoS: best_effort (sensor data) or reliable"),
+    Param("qos_depth", 5, "subscriber queue depth"),
+    Param("sync_slop", 0.05, "max stamp difference (s) between image, camera info and cloud"),
+    Param("sync_queue_size", 10, "messages kept per stream while synchronising"),
+    Param("use_tf", False, "LiDAR->camera extrinsic from TF2 at the image stamp (when tf2_ros imports)"),
+    Param("extrinsic_translation", [0.0, 0.0, 0.0],
+          "LiDAR->camera optical frame translation t (m): p_cam = R p_lidar + t"),
+    Param("extrinsic_rotation", [0.5, -0.5, 0.5, 0.5],
+          "LiDAR->camera optical frame rotation R as quaternion x, y, z, w (default: x fwd/z up -> optical)"),
+    Param("occlusion_kernel", 5, "pixels of the LiDAR occlusion filter window; 0 = off"),
+    Param("publish_color", True, "also publish depth/scale_field/color (bgr8) for rviz"),
+)
+PARAM_DEFAULTS = {p.name: p.default for p in PARAMS}
+
+
+def quaternion_matrix(t: list[float], q: list[float]) -> np.ndarray:
+    """4 x 4 transform from translation and quaternion (x, y, z, w)."""
+    x, y, z, w = (float(v) for v in q)
+    n = np.sqrt(x * x + y * y + z * z + w * w)
+    if len(q) != 4 or len(t) != 3 or n < 1e-9:
+        raise ValueError(f"extrinsic needs 3 translation values and a non-zero quaternion (x, y, z, w); got {t}, {q}")
+    x, y, z, w = x / n, y / n, z / n, w / n
+    T = np.eye(4)
+    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    T[:3, 3] = t
+    return T
+
+
+def matrix_quaternion(T: np.ndarray) -> tuple[list[float], list[float]]:
+    """(translation, quaternion x, y, z, w) of a 4 x 4 rigid transform."""
+    R = np.asarray(T, dtype=np.float64)[:3, :3]
+    w = np.sqrt(max(0.0, 1 + R[0, 0] + R[1, 1] + R[2, 2])) / 2
+    x = np.sqrt(max(0.0, 1 + R[0, 0] - R[1, 1] - R[2, 2])) / 2
+    y = np.sqrt(max(0.0, 1 - R[0, 0] + R[1, 1] - R[2, 2])) / 2
+    z = np.sqrt(max(0.0, 1 - R[0, 0] - R[1, 1] + R[2, 2])) / 2
+    x = np.copysign(x, R[2, 1] - R[1, 2])
+    y = np.copysign(y, R[0, 2] - R[2, 0])
+    z = np.copysign(z, R[1, 0] - R[0, 1])
+    return [float(v) for v in np.asarray(T)[:3, 3]], [float(x), float(y), float(z), float(w)]
+
+
+def validate_param(name: str, value: Any) -> str | None:
+    """None when ``value`` is acceptable for ``name``, else the reason."""
+    if name == "method" and value not in PIPELINE_METHODS:
+        return f"method must be one of {PIPELINE_METHODS}, got {value!r}"
+    if name == "ridge_lambda" and not (isinstance(value, float) and value > 0):
+        return f"ridge_lambda must be a float > 0, got {value!r}"
+    if name == "min_anchors" and not (isinstance(value, int) and value >= 1):
+        return f"min_anchors must be an integer >= 1, got {value!r}"
+    if name == "max_depth" and not (isinstance(value, float) and value >= 0):
+        return f"max_depth must be a float >= 0, got {value!r}"
+    if name == "below_min_anchors" and value not in BELOW_MIN:
+        return f"below_min_anchors must be one of {BELOW_MIN}, got {value!r}"
+    if name == "image_transport" and value not in ("raw", "compressed"):
+        return f"image_transport must be raw or compressed, got {value!r}"
+    if name == "qos_reliability" and value not in ("best_effort", "reliable"):
+        return f"qos_reliability must be best_effort or reliable, got {value!r}"
+    return None
+
+
+def build_node(node_cls, **node_kwargs):
+    """Create the node class lazily so that importing this module never needs rclpy."""
+    import rclpy
+    import rclpy.duration
+    import rclpy.time
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, DurabilityPolicy
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+    class AlignNode(node_cls):
+        def __init__(self) -> None:
+            super().__init__(NODE_NAME, **node_kwargs)
+            for p in PARAMS:
+                self.declare_parameter(p.name, p.default, ParameterDescriptor(
+                    description=p.description + ("" if p.dynamic else " (read at start)"), read_only=False))
+            v = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+            for name, value in v.items():
+                err = validate_param(name, value)
+                if err:
+                    raise ValueError(f"parameter {err}")
+            self.types = cv.rclpy_types()
+            self.pipeline = MetricDepthPipeline(PipelineConfig(
+                method=v["method"], mde=v["mde_backend"], checkpoint=v["generator_checkpoint"],
+                generator_regime=v["generator_regime"], ridge=v["ridge_lambda"], min_anchors=v["min_anchors"],
+                below_min_anchors=v["below_min_anchors"], max_depth=v["max_depth"],
+                occlusion_kernel=v["occlusion_kernel"], device=v["device"]))
+            self.T_param = quaternion_matrix(v["extrinsic_translation"], v["extrinsic_rotation"])
+            self.publish_color = v["publish_color"]
+            self.add_on_set_parameters_callback(self._on_params)
+
+            qos = QoSProfile(depth=v["qos_depth"], history=HistoryPolicy.KEEP_LAST,
+                             reliability=ReliabilityPolicy.BEST_EFFORT if v["qos_reliability"] == "best_effort"
+                             else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+            out_qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+            self.pub_depth = self.create_publisher(Image, "depth/metric", out_qos)
+            self.pub_info = self.create_publisher(CameraInfo, "depth/metric/camera_info", out_qos)
+            self.pub_scale = self.create_publisher(Image, "depth/scale_field", out_qos)
+            self.pub_color = self.create_publisher(Image, "depth/scale_field/color", out_qos)
+            self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
+
+            compressed = v["image_transport"] == "compressed"
+            img_type, img_topic = (CompressedImage, "camera/image_raw/compressed") if compressed else (
+                Image, "camera/image_raw")
+            self.compressed = compressed
+            topics = [(img_type, img_topic), (CameraInfo, "camera/camera_info"), (PointCloud2, "lidar/points")]
+            if message_filters is not None:
+                # Same QoS as plain subscribers, or Best-Effort cameras are never received.
+                self._subs = [message_filters.Subscriber(self, t, name, qos_profile=qos) for t, name in topics]
+                self.sync = message_filters.ApproximateTimeSynchronizer(
+                    self._subs, v["sync_queue_size"], v["sync_slop"])
+                self.sync.registerCallback(self._on_synced)
+                self.sync_kind = "message_filters"
+            else:
+                from .ros.sync import ApproxTimeSync
+
+                self.sync = ApproxTimeSync(3, v["sync_queue_size"], v["sync_slop"], self._on_synced)
+                self._subs = [self.create_subscription(t, name, self._feeder(i), qos)
+                              for i, (t, name) in enumerate(topics)]
+                self.sync_kind = "builtin"
+            self.tf_buffer = None
+            if v["use_tf"]:
+                try:
+                    import tf2_ros  # type: ignore
+
+                    self.tf_buffer = tf2_ros.Buffer()
+                    self.tf_listener = tf2_ros.TransformListener(self.tf_buffer, self)
+                except ImportError:
+                    self.get_logger().warning("use_tf is true but tf2_ros does not import; using the extrinsic parameters")
+            self._lock = threading.Condition()
+            self._latest = None
+            self._stop = False
+            self.frames_in = 0
+            self.frames_done = 0
+            self.frames_dropped = 0
+            self.frames_skipped = 0
+            self._warned_distortion = False
+            self._worker = threading.Thread(target=self._work, name="scalefield_worker", daemon=True)
+            self._worker.start()
+            self.get_logger().info(
+                f"scalefield_align ready: method={v['method']} device={self.pipeline.device} "
+                f"mde={self.pipeline.backend.name} sync={self.sync_kind} qos={v['qos_reliability']}")
+
+        # -- parameters ---------------------------------------------------------------
+        def _on_params(self, params) -> SetParametersResult:
+            dyn = {p.name for p in PARAMS if p.dynamic}
+            for p in params:
+                if p.name not in dyn and p.name in PARAM_DEFAULTS:
+                    return SetParametersResult(successful=False, reason=f"{p.name} is read at start; restart the node")
+                err = validate_param(p.name, p.value)
+                if err:
+                    return SetParametersResult(successful=False, reason=err)
+            cfg = self.pipeline.cfg
+            for p in params:
+                if p.name == "method":
+                    try:
+                        self.pipeline.aligner(p.value)
+                    except Exception as exc:  # e.g. a missing checkpoint: refuse, keep the old method
+                        return SetParametersResult(successful=False, reason=f"cannot switch to {p.value}: {exc}")
+                    cfg.method = p.value
+                elif p.name == "ridge_lambda":
+                    cfg.ridge = p.value
+                elif p.name == "min_anchors":
+                    cfg.min_anchors = p.value
+                elif p.name == "below_min_anchors":
+                    cfg.below_min_anchors = p.value
+                elif p.name == "max_depth":
+                    cfg.max_depth = p.value
+            return SetParametersResult(successful=True)
+
+        # -- input ----------------------------------------------------------------------
+        def _feeder(self, i: int):
+            def cb(msg) -> None:
+                self.sync.add(i, msg, cv.stamp_ns(msg.header))
+            return cb
+
+        def _on_synced(self, img, info, cloud) -> None:
+            with self._lock:
+                if self._latest is not None:
+                    self.frames_dropped += 1  # the worker never got to it: newest wins
+                self._latest = (img, info, cloud)
+                self.frames_in += 1
+                self._lock.notify()
+
+        def _work(self) -> None:
+            while True:
+                with self._lock:
+                    while self._latest is None and not self._stop:
+                        self._lock.wait(0.5)
+                    if self._stop:
+                        return
+                    frame, self._latest = self._latest, None
+                try:
+                    self._process(*frame)
+                except Exception as exc:  # never die on input; say what happened
+                    self.frames_skipped += 1
+                    self.get_logger().error(f"frame skipped: {type(exc).__name__}: {exc}",
+                                            throttle_duration_sec=5.0)
+                    self._diagnose(frame[0].header, None, f"error: {exc}")
+
+        def stop(self) -> None:
+            with self._lock:
+                self._stop = True
+                self._lock.notify()
+            self._worker.join(timeout=5)
+
+        def _extrinsic(self, camera_frame: str, lidar_frame: str, stamp) -> np.ndarray:
+            if self.tf_buffer is None:
+                return self.T_param
+            try:
+                tf = self.tf_buffer.lookup_transform(camera_frame, lidar_frame, rclpy.time.Time.from_msg(stamp),
+                                                     timeout=rclpy.duration.Duration(seconds=0.05))
+                tr, q = tf.transform.translation, tf.transform.rotation
+                return quaternion_matrix([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
+            except Exception as exc:
+                self.get_logger().warning(f"TF {lidar_frame}->{camera_frame} unavailable ({exc}); using parameters",
+                                       throttle_duration_sec=5.0)
+                return self.T_param
+
+        def _skip(self, header, reason: str) -> None:
+            self.frames_skipped += 1
+            self.get_logger().warning(f"frame skipped: {reason}", throttle_duration_sec=5.0)
+            self._diagnose(header, None, reason)
+
+        def _process(self, img, info, cloud) -> None:
+            try:
+                rgb = cv.compressed_to_array(img) if self.compressed else cv.image_to_array(img)
+                cam = cv.camera_info_to_model(info)
+                pts = cv.cloud_to_xyz(cloud)
+            except cv.ConversionError as exc:
+                return self._skip(img.header, str(exc))
+            if rgb.ndim != 3:
+                return self._skip(img.header, f"image encoding {getattr(img, 'encoding', '?')} is not a colour/mono image")
+            total = int(cloud.width) * int(cloud.height)
+            if len(pts) == 0:
+                return self._skip(img.header, "empty point cloud" if total == 0 else
+                                  f"point cloud has no finite points ({total} points, all NaN/inf)")
+            h, w = rgb.shape[:2]
+            if (cam.width, cam.height) != (w, h):
+                return self._skip(img.header, f"image is {w}x{h} but CameraInfo says {cam.width}x{cam.height}")
+            if np.any(cam.distortion) and not self._warned_distortion:
+                self._warned_distortion = True
+                self.get_logger().warning("CameraInfo has non-zero distortion D: this node assumes a rectified "
+                                       "image (subscribe to image_rect); anchors will be off otherwise")
+            T = self._extrinsic(img.header.frame_id or cam.frame_id, cloud.header.frame_id, img.header.stamp)
+            out = self.pipeline.process(rgb, cam.K, pts, T)
+            if out.depth is None:
+                return self._skip(img.header, out.reason)
+            self.pub_depth.publish(cv.array_to_image(self.types, out.depth, "32FC1", img.header))
+            info.header = img.header
+            self.pub_info.publish(info)
+            self.pub_scale.publish(cv.array_to_image(self.types, out.scale.astype(np.float32), "32FC1", img.header))
+            if self.publish_color:
+                self.pub_color.publish(cv.array_to_image(self.types, cv.scale_to_color(out.scale), "bgr8", img.header))
+            self.frames_done += 1
+            if out.fallback:
+                self.get_logger().warning(f"fallback in force: {out.fallback} ({out.anchors} anchors)",
+                                       throttle_duration_sec=5.0)
+            self._diagnose(img.header, out, "")
+
+        def _diagnose(self, header, out, reason: str) -> None:
+            DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
+            values = {"frames_in": self.frames_in, "frames_published": self.frames_done,
+                      "frames_dropped": self.frames_dropped, "frames_skipped": self.frames_skipped,
+                      "method": self.pipeline.cfg.method}
+            level, message = DiagnosticStatus.OK, "aligned"
+            if out is not None:
+                values.update({f"latency_{k}_ms": f"{1000 * s:.2f}" for k, s in out.timings.items()})
+                values.update(anchors=out.anchors, log_residual=f"{out.residual:.4f}", fallback=out.fallback or "none")
+                if out.fallback:
+                    level, message = DiagnosticStatus.WARN, f"fallback: {out.fallback}"
+            else:
+                level, message = DiagnosticStatus.WARN, f"skipped: {reason}"
+                values["fallback"] = "skip"
+            st = DiagnosticStatus(level=level, name=f"{self.get_name()}: alignment", message=message,
+                                  hardware_id=header.frame_id,
+                                  values=[KeyValue(key=k, value=str(val)) for k, val in values.items()])
+            self.pub_diag.publish(DiagnosticArray(header=header, status=[st]))
+
+    return AlignNode()
+
+
+def main(args: list[str] | None = None) -> None:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.node import Node
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = build_node(Node)
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

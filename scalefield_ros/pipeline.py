@@ -1,0 +1,127 @@
+"""One frame in (image, intrinsics, LiDAR points, extrinsic) -> metric depth out.
+
+Shared by the ROS node, replay, the demo and the benchmark, so that all of them run the
+same numbers. No ROS imports.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .core import make
+from .core.aligners import NO_ANCHORS
+from .core.anchors import project_points
+from .mde.backends import load_backend, resolve_device
+
+#: Methods the pipeline (and node) can run; region needs labels a robot does not have.
+PIPELINE_METHODS = ("basis", "global", "piecewise", "lwlr", "grid")
+BELOW_MIN = ("global", "skip")
+
+
+@dataclass
+class PipelineConfig:
+    method: str = "basis"
+    mde: str = "embedded"
+    checkpoint: str = ""  # generator checkpoint; "" = the shipped one for `generator_regime`
+    generator_regime: str = "medium"  # a LiDAR gives ~100s of anchors in view: K=30 medium model
+    ridge: float = 1e-3
+    min_anchors: int = 3
+    below_min_anchors: str = "global"  # or "skip"
+    max_depth: float = 0.0  # > 0: depths beyond become +inf (REP 118 "too far")
+    min_depth: float = 0.1
+    occlusion_kernel: int = 5
+    device: str = "auto"
+
+
+@dataclass
+class FrameOutput:
+    depth: np.ndarray | None  # (H, W) float32 metres; NaN invalid, +inf beyond max_depth; None = skipped
+    scale: np.ndarray | None  # (H, W) float32 s(x)
+    anchors: int
+    fallback: str  # "" none, "global", "skip", "no_anchors"
+    reason: str  # why a frame was skipped ("" otherwise)
+    residual: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: projection, mde, generator, solve, apply
+    anchors_uv: np.ndarray | None = None
+    anchors_depth: np.ndarray | None = None
+
+
+def validate_method(name: str) -> str:
+    if name not in PIPELINE_METHODS:
+        raise ValueError(f"method {name!r} is not available here; choose one of {', '.join(PIPELINE_METHODS)}")
+    return name
+
+
+class MetricDepthPipeline:
+    def __init__(self, config: PipelineConfig | None = None, backend=None) -> None:
+        self.cfg = cfg = config or PipelineConfig()
+        validate_method(cfg.method)
+        if cfg.below_min_anchors not in BELOW_MIN:
+            raise ValueError(f"below_min_anchors must be one of {BELOW_MIN}, got {cfg.below_min_anchors!r}")
+        self.device = resolve_device(cfg.device)
+        self.backend = backend or load_backend(cfg.mde, self.device)
+        self._aligners: dict[str, object] = {}
+        self.aligner(cfg.method)  # load now: a bad checkpoint fails at start, not on the first frame
+
+    def aligner(self, name: str):
+        if name not in self._aligners:
+            opts = {}
+            if name == "basis":
+                from .checkpoints import default_checkpoint
+
+                ckpt = self.cfg.checkpoint or default_checkpoint(self.cfg.generator_regime)
+                opts = {"checkpoint": ckpt, "device": self.device, "ridge": self.cfg.ridge}
+            self._aligners[name] = make(name, **opts)
+        al = self._aligners[name]
+        if name == "basis":
+            al.ridge = self.cfg.ridge
+        return al
+
+    def process(self, rgb: np.ndarray, K: np.ndarray, points: np.ndarray, T_cam_lidar: np.ndarray) -> FrameOutput:
+        """Align one frame. Never raises on bad sensor data: a skipped frame says why."""
+        cfg = self.cfg
+        t = {}
+        t0 = time.perf_counter()
+        h, w = rgb.shape[:2]
+        pts = np.asarray(points, dtype=np.float32)
+        if pts.ndim != 2 or pts.shape[0] == 0:
+            return FrameOutput(None, None, 0, "skip", "empty point cloud", float("nan"))
+        pts = pts[np.isfinite(pts[:, :3]).all(1)]
+        if len(pts) == 0:
+            return FrameOutput(None, None, 0, "skip", "point cloud has no finite points", float("nan"))
+        uv, z = project_points(torch.from_numpy(pts), torch.as_tensor(T_cam_lidar), torch.as_tensor(K), (h, w),
+                               min_depth=cfg.min_depth, occlusion_kernel=cfg.occlusion_kernel)
+        t["projection"] = time.perf_counter() - t0
+        n = len(z)
+        if n == 0:
+            return FrameOutput(None, None, 0, NO_ANCHORS, "no LiDAR point projects into the image", float("nan"), t)
+        method = cfg.method
+        fallback = ""
+        if n < cfg.min_anchors:
+            if cfg.below_min_anchors == "skip":
+                return FrameOutput(None, None, n, "skip", f"{n} anchors < min_anchors {cfg.min_anchors}",
+                                   float("nan"), t)
+            method, fallback = "global", "global"
+        t1 = time.perf_counter()
+        mde, feats = self.backend.predict(rgb)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t["mde"] = time.perf_counter() - t1
+        mde = mde[0].to(self.device)
+        res = self.aligner(method).fit(mde, uv.to(self.device), z.to(self.device), features=feats)
+        for k in ("generator", "solve", "apply"):
+            t[k] = res.timings.get(k, 0.0) + (res.timings.get("prepare", 0.0) if k == "solve" else 0.0)
+        if res.fallback[0] == NO_ANCHORS:
+            return FrameOutput(None, None, 0, NO_ANCHORS, "no usable anchor (all invalid)", float("nan"), t)
+        if res.fallback[0] and not fallback:
+            fallback = res.fallback[0]
+        depth = res.depth.float().cpu().numpy()
+        scale = res.scale.float().cpu().numpy()
+        if cfg.max_depth > 0:
+            depth = np.where(depth > cfg.max_depth, np.inf, depth).astype(np.float32)
+        return FrameOutput(depth, scale, int(res.anchors_used[0]), fallback, "", float(res.residual[0]), t,
+                           uv.cpu().numpy(), z.cpu().numpy())
