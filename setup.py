@@ -8,7 +8,12 @@ PACKAGE = "scalefield_ros"
 
 # Executables: `ros2 run scalefield_ros <name>` after colcon build, plain commands after pip.
 EXECUTABLES = {
+    "align_node": "align_node",
     "demo": "demo",
+    "train": "train",
+    "evaluate": "evaluate",
+    "synth": "synth",
+    "train_embedded_mde": "mde.train_embedded",
 }
 
 setup(

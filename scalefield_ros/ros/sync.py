@@ -5,8 +5,8 @@ Used by the node when ``message_filters`` does not import, and always by replay.
 bounded queue; whenever a message arrives, the oldest message of the pivot stream (the
 image, stream 0) is matched with the message nearest in time on every other stream; if
 all are within ``slop`` the set is emitted and everything up to it is consumed. Pivot
-messages that can no longer match (every other stream has moved past them by more than
-``slop``), or that fall off a full queue, are dropped and counted.
+messages that can no longer match (a stream without a partner for them has moved past
+them by more than ``slop``), or that fall off a full queue, are dropped and counted.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ class ApproxTimeSync:
                         q.popleft()
                 self.callback(*msgs)
                 continue
-            # Unmatched: wait while a partner may still arrive, else drop the pivot.
-            if all(q[-1][0] > t0 + self.slop_ns for q in self.queues[1:]):
+            # Unmatched: drop the pivot when a stream without a partner in slop has already
+            # moved past it (stamps only grow); otherwise wait for more messages.
+            if any(abs(q[i][0] - t0) > self.slop_ns and q[-1][0] > t0 + self.slop_ns
+                   for q, i in zip(self.queues[1:], chosen)):
                 pivot.popleft()
                 self.dropped += 1
                 continue

@@ -1,0 +1,43 @@
+"""Launch the scalefield_align node.
+
+    ros2 launch scalefield_ros align.launch.py [params_file:=...] [namespace:=...]
+        [use_sim_time:=true] [device:=cuda] [method:=basis]
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_params = os.path.join(get_package_share_directory("scalefield_ros"), "config", "align.yaml")
+    args = [
+        DeclareLaunchArgument("params_file", default_value=default_params, description="node parameters (YAML)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (rosbag replay)"),
+        DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda, cuda:N"),
+        DeclareLaunchArgument("method", default_value="basis",
+                              description="basis, global, piecewise, lwlr or grid"),
+    ]
+    node = Node(
+        package="scalefield_ros",
+        executable="align_node",
+        name="scalefield_align",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        emulate_tty=True,
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+                "device": LaunchConfiguration("device"),
+                "method": LaunchConfiguration("method"),
+            },
+        ],
+    )
+    return LaunchDescription(args + [node])

@@ -1,0 +1,134 @@
+"""An align node plus a synthetic sensor publisher and a listener, in one process over DDS.
+
+Used by the demo and the tests: messages really go through the RMW (Fast DDS on
+loopback), with the sensor-data QoS a camera driver uses.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def ensure_local_dds(domain_id: int = 77) -> None:
+    """Keep DDS on this machine unless the user chose otherwise (DESIGN.md)."""
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(domain_id))
+
+
+class LoopbackRig:
+    """Start ``scalefield_align`` with ``overrides`` and a test I/O node around it."""
+
+    def __init__(self, overrides: list, sensor_reliable: bool = False) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+        from ..align_node import build_node
+        from . import conversions as cv
+
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = build_node(Node, context=self.ctx, parameter_overrides=overrides)
+        self.io = Node("scalefield_sensor_sim", context=self.ctx)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if sensor_reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
+        self.pub_img = self.io.create_publisher(Image, "camera/image_raw", qos)
+        self.pub_cimg = self.io.create_publisher(CompressedImage, "camera/image_raw/compressed", qos)
+        self.pub_info = self.io.create_publisher(CameraInfo, "camera/camera_info", qos)
+        self.pub_cloud = self.io.create_publisher(PointCloud2, "lidar/points", qos)
+        self.depth: list = []
+        self.info: list = []
+        self.scale: list = []
+        self.color: list = []
+        self.diag: list = []
+        self.received_at: list[float] = []
+
+        def on_depth(msg) -> None:
+            self.received_at.append(time.perf_counter())
+            self.depth.append(msg)
+
+        self.io.create_subscription(Image, "depth/metric", on_depth, 10)
+        self.io.create_subscription(CameraInfo, "depth/metric/camera_info", self.info.append, 10)
+        self.io.create_subscription(Image, "depth/scale_field", self.scale.append, 10)
+        self.io.create_subscription(Image, "depth/scale_field/color", self.color.append, 10)
+        self.io.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 50)
+        self.types = cv.rclpy_types()
+        self.executor = MultiThreadedExecutor(num_threads=3, context=self.ctx)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.io)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        ok = self.wait_for(lambda: self.pub_img.get_subscription_count() > 0
+                           and self.pub_cloud.get_subscription_count() > 0
+                           and self.node.pub_depth.get_subscription_count() > 0, 15.0)
+        if not ok:
+            self.close()
+            raise RuntimeError("DDS discovery between the align node and the sensor publisher did not complete "
+                               "in 15 s; check ROS_DOMAIN_ID / ROS_AUTOMATIC_DISCOVERY_RANGE")
+
+    @staticmethod
+    def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
+        end = time.time() + timeout
+        while time.time() < end:
+            if cond():
+                return True
+            time.sleep(0.01)
+        return cond()
+
+    def publish(self, frame, stamp_ns: int | None = None, mutate=None, compressed: bool = False,
+                cloud_offset_ns: int = 0) -> dict:
+        """Publish a synthetic frame's image (raw or png), camera info and cloud."""
+        from sensor_msgs.msg import CompressedImage
+
+        from ..data.writers import frame_messages
+        from . import conversions as cv
+
+        msgs = frame_messages(self.types, frame, stamp_ns)
+        if cloud_offset_ns:
+            s = cv.stamp_ns(msgs["points"].header) + cloud_offset_ns
+            msgs["points"].header = cv.make_header(self.types, s, msgs["points"].header.frame_id)
+        if mutate:
+            mutate(msgs)
+        if compressed:
+            import cv2
+
+            _, buf = cv2.imencode(".png", np.ascontiguousarray(frame.rgb[..., ::-1]))
+            self.pub_cimg.publish(CompressedImage(header=msgs["image"].header, format="png", data=buf.tobytes()))
+        else:
+            self.pub_img.publish(msgs["image"])
+        self.pub_info.publish(msgs["camera_info"])
+        self.pub_cloud.publish(msgs["points"])
+        return msgs
+
+    def diag_messages(self) -> list[str]:
+        return [st.message for d in self.diag for st in d.status]
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.stop()
+        self.node.destroy_node()
+        self.io.destroy_node()
+        if self.ctx.ok():
+            rclpy.shutdown(context=self.ctx)
+        self.thread.join(timeout=5)
+
+
+def world_overrides(world, **extra) -> list:
+    """Node parameters for a synthetic world: its LiDAR->camera extrinsic and ``extra``."""
+    from rclpy.parameter import Parameter
+
+    from ..align_node import matrix_quaternion
+
+    t, q = matrix_quaternion(world.T_cam_lidar(0))
+    params = {"extrinsic_translation": t, "extrinsic_rotation": q, **extra}
+    return [Parameter(k, value=v) for k, v in params.items()]

@@ -1,0 +1,130 @@
+"""Embedded MDE, generator training (single and 2-process torchrun) and the evaluation CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scalefield_ros.data.synthetic import SyntheticWorld
+from scalefield_ros.mde.backends import load_backend
+from scalefield_ros.mde.embedded import EmbeddedMDE, load_embedded
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_embedded_mde_predicts_positive_relative_depth_and_features():
+    backend = load_backend("embedded", "cpu")
+    f = SyntheticWorld("street", 9010).frame(0, with_lidar=False)
+    depth, feats = backend.predict(f.rgb)
+    assert depth.shape == (1, 192, 640) and (depth > 0).all() and torch.isfinite(depth).all()
+    assert feats.shape == (1, backend.feature_channels, 48, 160)
+    # relative depth: strongly rank-correlated with the truth, but not metric
+    gt = f.depth
+    ok = np.isfinite(gt) & (gt < 80)
+    a, b = depth[0].numpy()[ok], gt[ok]
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    assert np.corrcoef(ra, rb)[0, 1] > 0.8
+    assert abs(np.median(a) - np.median(b)) > 1.0
+    assert backend.name.startswith("embedded-")
+
+
+def test_shipped_weights_are_small_and_corrupt_ones_are_refused(tmp_path):
+    from scalefield_ros.checkpoints import EMBEDDED_MDE
+
+    assert EMBEDDED_MDE.stat().st_size < 10 * 2**20
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="corrupt"):
+        load_embedded(bad)
+    with pytest.raises(FileNotFoundError, match="train_embedded"):
+        load_embedded(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="unknown MDE backend"):
+        load_backend("nonsense")
+    with pytest.raises(ValueError, match="cannot import MDE backend"):
+        load_backend("no_such_module:Thing")
+
+
+def test_mde_training_step_reduces_ssi_loss():
+    from scalefield_ros.mde.embedded import ssi_loss
+
+    torch.manual_seed(0)
+    m = EmbeddedMDE()
+    f = SyntheticWorld("indoor", 5, width=160, height=128).frame(0, with_lidar=False)
+    x = EmbeddedMDE.to_input(f.rgb, (128, 160), torch.device("cpu"))
+    gt = torch.from_numpy(1.0 / f.depth).unsqueeze(0)
+    mask = torch.ones_like(gt, dtype=torch.bool)
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    losses = []
+    for _ in range(15):
+        disp, _ = m(x)
+        loss = ssi_loss(disp, gt, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def _env(tmp_path):
+    return {**os.environ, "SCALEFIELD_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def test_training_cli_keeps_best_resumes_and_refuses_held_out_seeds(tmp_path):
+    from scalefield_ros import train
+    from scalefield_ros.core.generator import load_generator
+
+    os.environ["SCALEFIELD_CACHE"] = str(tmp_path / "cache")
+    args = ["--out", str(tmp_path / "run"), "--seeds", "100-102", "--frames", "0", "--epochs", "2", "--batch", "2",
+            "--width", "8", "--val-fraction", "0.34", "--num-basis", "4", "--data", "synthetic:indoor"]
+    train.main(args)
+    out = tmp_path / "run"
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_loss") and len(rows) == 3
+    assert (out / "curves.png").is_file()
+    best = json.loads((out / "best.json").read_text())
+    val = [float(r.split(",")[2]) for r in rows[1:]]
+    assert best["epoch"] == int(np.argmin(val)) + 1
+    assert load_generator(out / "best").num_basis == 4
+    train.main(args[:-8] + ["--epochs", "3", "--batch", "2", "--width", "8", "--val-fraction", "0.34",
+                            "--num-basis", "4", "--data", "synthetic:indoor", "--resume"])
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    with pytest.raises(ValueError, match="held out"):
+        train.main(["--out", str(tmp_path / "bad"), "--seeds", "8999-9000"])
+
+
+def test_two_process_torchrun_training(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "scalefield_ros.train", "--out", str(tmp_path / "ddp"), "--seeds", "200-203", "--frames", "0",
+           "--epochs", "1", "--batch", "1", "--width", "8", "--num-basis", "4", "--val-fraction", "0.25",
+           "--data", "synthetic:indoor", "--device", "cpu"]
+    r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "ddp" / "best.safetensors").is_file()
+    assert len((tmp_path / "ddp" / "log.csv").read_text().strip().splitlines()) == 2  # only rank 0 logs
+
+
+def test_evaluation_on_held_out_seeds_basis_beats_global_at_low(tmp_path):
+    from scalefield_ros import evaluate
+
+    doc = evaluate.main(["--data", "synthetic:both", "--seeds", "9000-9003", "--methods", "basis,global,lwlr",
+                         "--regimes", "low,drop1", "--out", str(tmp_path / "ev"), "--figures", "1", "--device", "cpu"])
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res == json.loads(json.dumps(doc))
+    low = res["methods"]
+    assert low["basis"]["low"]["images"] == 8
+    assert low["basis"]["low"]["abs_rel"] < low["global"]["low"]["abs_rel"]
+    for m in ("basis", "global", "lwlr"):
+        assert set(low[m]["low"]) >= {"abs_rel", "delta1", "rmse", "images"}
+        assert "drop1" in low[m]
+    assert 0 < res["spectral"]["median_eta1"] <= 1
+    assert (tmp_path / "ev" / "tables.md").read_text().count("| basis |") == 2
+    assert (tmp_path / "ev" / "sample_00.png").is_file() and (tmp_path / "ev" / "metrics_vs_anchors.png").is_file()
+    again = evaluate.main(["--data", "synthetic:both", "--seeds", "9000-9003", "--methods", "basis,global,lwlr",
+                           "--regimes", "low,drop1", "--out", str(tmp_path / "ev2"), "--figures", "0", "--device", "cpu"])
+    assert again["methods"] == doc["methods"]  # deterministic

@@ -1,0 +1,65 @@
+"""Package metadata a robot's colcon build relies on, and the layering rules."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_package_xml_is_valid_format_3_with_ros_dependencies():
+    catkin_pkg = pytest.importorskip("catkin_pkg.package")
+    pkg = catkin_pkg.parse_package(str(ROOT / "package.xml"))
+    pkg.validate()
+    assert pkg.name == "scalefield_ros" and pkg.package_format == 3
+    assert pkg.get_build_type() == "ament_python"
+    run = {d.name for d in pkg.exec_depends}
+    for dep in ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "message_filters", "cv_bridge",
+                "sensor_msgs_py", "launch_ros"):
+        assert dep in run, dep
+    assert {"launch_pytest", "python3-pytest"} <= {d.name for d in pkg.test_depends}
+
+
+def test_setup_installs_what_ros2_run_and_launch_need():
+    text = (ROOT / "setup.py").read_text()
+    cfg = (ROOT / "setup.cfg").read_text()
+    assert "install_scripts=$base/lib/scalefield_ros" in cfg
+    assert "share/ament_index/resource_index/packages" in text and (ROOT / "resource/scalefield_ros").is_file()
+    assert (ROOT / "launch/align.launch.py").is_file() and (ROOT / "config/align.yaml").is_file()
+    for exe in ("align_node", "demo", "train", "evaluate", "synth"):
+        assert f'"{exe}":' in text, exe
+
+
+def test_config_lists_every_declared_parameter():
+    from scalefield_ros.align_node import PARAMS
+
+    doc = yaml.safe_load((ROOT / "config/align.yaml").read_text())
+    params = doc["/**"]["ros__parameters"]
+    assert set(params) == {p.name for p in PARAMS}
+    for p in PARAMS:
+        assert type(params[p.name]) is type(p.default), p.name
+    readme = (ROOT / "README.md").read_text()
+    for p in PARAMS:
+        assert f"`{p.name}`" in readme, f"README does not document parameter {p.name}"
+
+
+def test_core_imports_no_ros():
+    code = ("import sys, scalefield_ros.core, scalefield_ros.core.aligners, scalefield_ros.pipeline, "
+            "scalefield_ros.evaluate, scalefield_ros.train; "
+            "bad=[m for m in sys.modules if m.startswith(('rclpy','sensor_msgs','rosbags'))]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def test_launch_file_with_launch_pytest():
+    pytest.importorskip("launch_pytest")
+    pytest.importorskip("launch_ros")
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    src = PythonLaunchDescriptionSource(str(ROOT / "launch/align.launch.py"))
+    ld = src.get_launch_description(None)
+    names = {a.name for a in ld.entities if hasattr(a, "name")}
+    assert {"params_file", "namespace", "use_sim_time", "device", "method"} <= names
