@@ -13,6 +13,7 @@ EXECUTABLES = {
     "train": "train",
     "evaluate": "evaluate",
     "synth": "synth",
+    "replay": "replay",
     "train_embedded_mde": "mde.train_embedded",
 }
 
@@ -40,6 +41,7 @@ setup(
         "matplotlib>=3.7",
         "opencv-python-headless>=4.8",
         "rosbags>=0.10",
+        "mcap>=1.1",  # sequential reading of .mcap bags cut off before their footer
     ],
     extras_require={
         # ROS 2 Kilted wheels from PyPI, for machines without a ROS install.

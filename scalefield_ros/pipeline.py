@@ -81,37 +81,40 @@ class MetricDepthPipeline:
             al.ridge = self.cfg.ridge
         return al
 
-    def process(self, rgb: np.ndarray, K: np.ndarray, points: np.ndarray, T_cam_lidar: np.ndarray) -> FrameOutput:
-        """Align one frame. Never raises on bad sensor data: a skipped frame says why."""
-        cfg = self.cfg
-        t = {}
-        t0 = time.perf_counter()
-        h, w = rgb.shape[:2]
-        pts = np.asarray(points, dtype=np.float32)
+    def project(self, points: np.ndarray, K: np.ndarray, T_cam_lidar: np.ndarray,
+                size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """LiDAR -> pixel anchors ``(uv, z, reason)``; ``reason`` is non-empty when unusable."""
+        pts = np.array(points, dtype=np.float32)  # a writable copy (message buffers are read-only)
         if pts.ndim != 2 or pts.shape[0] == 0:
-            return FrameOutput(None, None, 0, "skip", "empty point cloud", float("nan"))
+            return torch.zeros(0, 2), torch.zeros(0), "empty point cloud"
         pts = pts[np.isfinite(pts[:, :3]).all(1)]
         if len(pts) == 0:
-            return FrameOutput(None, None, 0, "skip", "point cloud has no finite points", float("nan"))
-        uv, z = project_points(torch.from_numpy(pts), torch.as_tensor(T_cam_lidar), torch.as_tensor(K), (h, w),
-                               min_depth=cfg.min_depth, occlusion_kernel=cfg.occlusion_kernel)
-        t["projection"] = time.perf_counter() - t0
+            return torch.zeros(0, 2), torch.zeros(0), "point cloud has no finite points"
+        uv, z = project_points(torch.from_numpy(pts), torch.as_tensor(T_cam_lidar), torch.as_tensor(K), size,
+                               min_depth=self.cfg.min_depth, occlusion_kernel=self.cfg.occlusion_kernel)
+        return uv, z, "" if len(z) else "no LiDAR point projects into the image"
+
+    def predict(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """MDE depth ``(H, W)`` and features on the pipeline's device, and seconds taken."""
+        t1 = time.perf_counter()
+        mde, feats = self.backend.predict(rgb)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return mde[0].to(self.device), feats.to(self.device), time.perf_counter() - t1
+
+    def align(self, mde: torch.Tensor, feats: torch.Tensor, uv: torch.Tensor, z: torch.Tensor,
+              method: str | None = None, timings: dict | None = None) -> FrameOutput:
+        """Run one aligner on a predicted frame, with the min_anchors policy."""
+        cfg = self.cfg
+        t = dict(timings or {})
         n = len(z)
-        if n == 0:
-            return FrameOutput(None, None, 0, NO_ANCHORS, "no LiDAR point projects into the image", float("nan"), t)
-        method = cfg.method
+        method = method or cfg.method
         fallback = ""
         if n < cfg.min_anchors:
             if cfg.below_min_anchors == "skip":
                 return FrameOutput(None, None, n, "skip", f"{n} anchors < min_anchors {cfg.min_anchors}",
                                    float("nan"), t)
             method, fallback = "global", "global"
-        t1 = time.perf_counter()
-        mde, feats = self.backend.predict(rgb)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        t["mde"] = time.perf_counter() - t1
-        mde = mde[0].to(self.device)
         res = self.aligner(method).fit(mde, uv.to(self.device), z.to(self.device), features=feats)
         for k in ("generator", "solve", "apply"):
             t[k] = res.timings.get(k, 0.0) + (res.timings.get("prepare", 0.0) if k == "solve" else 0.0)
@@ -125,3 +128,14 @@ class MetricDepthPipeline:
             depth = np.where(depth > cfg.max_depth, np.inf, depth).astype(np.float32)
         return FrameOutput(depth, scale, int(res.anchors_used[0]), fallback, "", float(res.residual[0]), t,
                            uv.cpu().numpy(), z.cpu().numpy())
+
+    def process(self, rgb: np.ndarray, K: np.ndarray, points: np.ndarray, T_cam_lidar: np.ndarray) -> FrameOutput:
+        """Align one frame. Never raises on bad sensor data: a skipped frame says why."""
+        t0 = time.perf_counter()
+        uv, z, reason = self.project(points, K, T_cam_lidar, rgb.shape[:2])
+        t = {"projection": time.perf_counter() - t0}
+        if reason:
+            fb = NO_ANCHORS if reason.startswith("no LiDAR") else "skip"
+            return FrameOutput(None, None, 0, fb, reason, float("nan"), t)
+        mde, feats, t["mde"] = self.predict(rgb)
+        return self.align(mde, feats, uv, z, timings=t)

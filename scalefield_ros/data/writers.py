@@ -10,8 +10,9 @@ KITTI-like folder (``--out DIR``)::
     DIR/timestamps.txt                  ns per frame
 
 Rosbag2 topics: ``/camera/image_raw`` (rgb8), ``/camera/camera_info``, ``/lidar/points``
-(x, y, z, intensity float32) and ``/ground_truth/depth`` (32FC1, metres, NaN = none),
-frame ids ``camera_optical`` / ``lidar``, stamps from the frames.
+(x, y, z, intensity float32), ``/ground_truth/depth`` (32FC1, metres, NaN = none) and
+``/tf_static`` (camera_optical <- lidar), frame ids ``camera_optical`` / ``lidar``, stamps
+from the frames.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.transforms import matrix_quaternion
 from ..ros import conversions as cv
 from .synthetic import Frame
 
@@ -45,6 +47,17 @@ def frame_messages(types: cv.MsgTypes, frame: Frame, stamp_ns: int | None = None
         "ground_truth": cv.array_to_image(types, frame.depth.astype(np.float32), "32FC1",
                                           cv.make_header(types, stamp, CAMERA_FRAME)),
     }
+
+
+def tf_static_message(ts, frame: Frame):
+    """``/tf_static`` with camera_optical <- lidar (the transform that maps LiDAR points into the camera)."""
+    t = ts.types
+    (x, y, z), (qx, qy, qz, qw) = matrix_quaternion(frame.T_cam_lidar)
+    header = cv.make_header(cv.rosbags_types(ts), frame.stamp_ns, CAMERA_FRAME)
+    tr = t["geometry_msgs/msg/Transform"](translation=t["geometry_msgs/msg/Vector3"](x=x, y=y, z=z),
+                                           rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw))
+    stamped = t["geometry_msgs/msg/TransformStamped"](header=header, child_frame_id=LIDAR_FRAME, transform=tr)
+    return t["tf2_msgs/msg/TFMessage"](transforms=[stamped])
 
 
 def write_kitti_folder(out: Path, frames: list[Frame]) -> None:
@@ -98,6 +111,9 @@ def write_bag(path: Path, frames: list[Frame]) -> Path:
                 "points": "sensor_msgs/msg/PointCloud2", "ground_truth": "sensor_msgs/msg/Image"}
     with Writer(folder, version=9, storage_plugin=plugin) as w:
         conns = {k: w.add_connection(TOPICS[k], msgtypes[k], typestore=ts) for k in TOPICS}
+        if frames:
+            tf = w.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=ts)
+            w.write(tf, frames[0].stamp_ns, ts.serialize_cdr(tf_static_message(ts, frames[0]), "tf2_msgs/msg/TFMessage"))
         for f in frames:
             for k, msg in frame_messages(types, f).items():
                 w.write(conns[k], f.stamp_ns, ts.serialize_cdr(msg, msgtypes[k]))

@@ -139,9 +139,9 @@ class CameraModel:
 def camera_info_to_model(msg: Any) -> CameraModel:
     """CameraInfo -> intrinsics. The image is assumed rectified: we use K (or P when K is
     all zero) and report D so the caller can warn when it is non-zero."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    K = np.array(msg.k, dtype=np.float64).reshape(3, 3)
     if not np.any(K):
-        K = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)[:, :3]
+        K = np.array(msg.p, dtype=np.float64).reshape(3, 4)[:, :3].copy()
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ConversionError(f"CameraInfo has no usable intrinsics (fx={K[0, 0]}, fy={K[1, 1]})")
     return CameraModel(K, int(msg.width), int(msg.height), np.asarray(msg.d, dtype=np.float64),

@@ -127,7 +127,7 @@ def world_overrides(world, **extra) -> list:
     """Node parameters for a synthetic world: its LiDAR->camera extrinsic and ``extra``."""
     from rclpy.parameter import Parameter
 
-    from ..align_node import matrix_quaternion
+    from ..core.transforms import matrix_quaternion
 
     t, q = matrix_quaternion(world.T_cam_lidar(0))
     params = {"extrinsic_translation": t, "extrinsic_rotation": q, **extra}

@@ -1,0 +1,562 @@
+"""Replay a rosbag2 recording through the aligners and score them.
+
+    python -m scalefield_ros.replay BAG --methods basis,global --out DIR
+    python -m scalefield_ros.replay BAG --methods basis --write-bag OUT.mcap --out DIR
+    python -m scalefield_ros.replay BAG --live --methods basis --out DIR   # through a running node over DDS
+
+BAG is a rosbag2 folder (``.db3`` or ``.mcap`` inside) or one of its storage files; read
+with ``rosbags``, no ROS install needed. Frames are synchronised with the same
+synchroniser the node uses without message_filters (``ros/sync.py``).
+
+Ground truth: ``--gt-topic`` (default ``/ground_truth/depth``, as in the synthetic bags)
+when the bag has it; otherwise a seeded ``--holdout`` fraction (default 20 %) of the
+projected LiDAR points of each frame is withheld from the anchors and used as the
+evaluation set. The LiDAR->camera extrinsic comes from ``/tf_static`` when it links the
+two frames, else from ``--extrinsic tx,ty,tz,qx,qy,qz,qw`` (node convention).
+
+Writes ``DIR/frames.csv`` (stamp, method, anchors, abs_rel, delta1, rmse, latency_ms),
+``DIR/summary.json`` (``{"methods": {METHOD: {"abs_rel", "delta1", "frames", ...}}}``),
+``DIR/summary.md`` and ``DIR/metrics_over_time.png``. When the bag is corrupt or
+truncated, everything evaluated before the fault is still written and the command exits
+with status 2 naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .align_node import PARAM_DEFAULTS
+from .core.metrics import depth_metrics, evaluation_mask
+from .core.transforms import quaternion_matrix
+from .pipeline import PIPELINE_METHODS, MetricDepthPipeline, PipelineConfig
+from .ros import conversions as cv
+from .ros.sync import ApproxTimeSync
+
+
+class ReplayError(RuntimeError):
+    """A problem with the bag a user can act on."""
+
+
+@dataclass
+class FrameSet:
+    stamp: int
+    image: object
+    info: object
+    cloud: object
+    compressed: bool
+    raw: dict  # topic -> raw CDR bytes of this frame's messages (for --live)
+
+
+def resolve_bag(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.suffix in (".mcap", ".db3"):
+        return p.parent if (p.parent / "metadata.yaml").is_file() else p
+    if not p.exists() and p.suffix in (".mcap", ".db3") and p.with_suffix("").is_dir():
+        return p.with_suffix("")
+    if not p.exists():
+        raise ReplayError(f"bag {p} does not exist")
+    return p
+
+
+@dataclass
+class _Conn:
+    topic: str
+    msgtype: str
+    id: int
+
+
+class McapStream:
+    """Sequential reader for an .mcap whose summary/footer is missing (recording cut off).
+
+    ``rosbags`` needs the footer; the ``mcap`` stream reader reads records in order until
+    the data ends, so every complete message before the cut is still replayed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from mcap.stream_reader import StreamReader
+
+        self.path = path
+        self.ts = cv.rosbags_typestore()
+        self._schemas: dict[int, str] = {}
+        self.connections: list[_Conn] = []
+        self._messages: list[tuple[_Conn, int, bytes]] = []
+        self.error: str | None = None
+        by_id: dict[int, _Conn] = {}
+        try:
+            with open(path, "rb") as fh:
+                for rec in StreamReader(fh).records:
+                    kind = type(rec).__name__
+                    if kind == "Schema":
+                        self._schemas[rec.id] = rec.name
+                    elif kind == "Channel":
+                        c = _Conn(rec.topic, self._schemas.get(rec.schema_id, ""), rec.id)
+                        by_id[rec.id] = c
+                        self.connections.append(c)
+                    elif kind == "Message" and rec.channel_id in by_id:
+                        self._messages.append((by_id[rec.channel_id], rec.log_time, rec.data))
+        except Exception as exc:  # the cut: keep what was read
+            self.error = f"bag {path} is truncated or corrupt after {len(self._messages)} messages: " \
+                         f"{type(exc).__name__} {exc}".rstrip()
+
+    def messages(self, connections):
+        ids = {c.id for c in connections}
+        for c, t, raw in sorted(self._messages, key=lambda m: m[1]):
+            if c.id in ids:
+                yield c, t, raw
+
+    def deserialize(self, raw, msgtype):
+        return self.ts.deserialize_cdr(raw, msgtype)
+
+    def close(self) -> None:
+        pass
+
+
+class BagFrames:
+    """Synchronised frames, ground truth and static TF from a bag."""
+
+    def __init__(self, bag: Path, image_topic: str, info_topic: str, points_topic: str, gt_topic: str,
+                 slop: float, queue: int) -> None:
+        from rosbags.highlevel import AnyReader
+
+        self.bag = bag
+        self.error: str | None = None
+        try:
+            self.reader = AnyReader([bag], default_typestore=cv.rosbags_typestore())
+            self.reader.open()
+        except Exception as exc:
+            mcaps = sorted(bag.glob("*.mcap")) if bag.is_dir() else [bag] if bag.suffix == ".mcap" else []
+            if not mcaps:
+                raise ReplayError(f"cannot open bag {bag}: {type(exc).__name__}: {exc}") from exc
+            self.reader = McapStream(mcaps[0])
+            self.error = self.reader.error or f"bag {bag} could not be indexed ({exc}); read it sequentially"
+            if not self.reader.connections:
+                raise ReplayError(f"cannot open bag {bag}: {type(exc).__name__}: {exc}") from exc
+        topics = {c.topic: c.msgtype for c in self.reader.connections}
+        self.compressed = False
+        if image_topic not in topics and image_topic + "/compressed" in topics:
+            image_topic += "/compressed"
+        if image_topic in topics and topics[image_topic] == "sensor_msgs/msg/CompressedImage":
+            self.compressed = True
+        missing = [t for t in (image_topic, info_topic, points_topic) if t not in topics]
+        if missing:
+            raise ReplayError(f"bag {bag} has no topic(s) {missing}; it has {sorted(topics)} "
+                              "(choose others with --image-topic/--camera-info-topic/--points-topic)")
+        self.topics = {"image": image_topic, "info": info_topic, "points": points_topic}
+        self.gt_topic = gt_topic if gt_topic in topics else None
+        self.slop, self.queue = slop, queue
+        self.tf: dict[tuple[str, str], np.ndarray] = {}
+        self.gt: dict[int, np.ndarray] = {}
+        self.dropped = 0
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def frames(self):
+        """Yield FrameSets in stamp order; on a read error stop and set ``self.error``."""
+        out: list[FrameSet] = []
+        raw_of: dict[int, dict] = {}
+        index = {v: i for i, v in enumerate((self.topics["image"], self.topics["info"], self.topics["points"]))}
+
+        def emit(img, info, cloud):
+            st = cv.stamp_ns(img.header)
+            out.append(FrameSet(st, img, info, cloud, self.compressed, raw_of.get(st, {})))
+
+        sync = ApproxTimeSync(3, self.queue, self.slop, emit)
+        wanted = set(index) | {"/tf_static"} | ({self.gt_topic} if self.gt_topic else set())
+        conns = [c for c in self.reader.connections if c.topic in wanted]
+        it = self.reader.messages(connections=conns)
+        slop_ns = int(self.slop * 1e9)
+        while True:
+            try:
+                conn, log_ns, raw = next(it)
+                msg = self.reader.deserialize(raw, conn.msgtype)
+            except StopIteration:
+                break
+            except Exception as exc:  # truncated/corrupt storage: keep what we have
+                self.error = f"bag {self.bag} is corrupt or truncated: {type(exc).__name__}: {exc}"
+                break
+            if conn.topic == "/tf_static":
+                for t in msg.transforms:
+                    tr, q = t.transform.translation, t.transform.rotation
+                    self.tf[(t.header.frame_id, t.child_frame_id)] = quaternion_matrix(
+                        [tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
+                continue
+            if conn.topic == self.gt_topic:
+                self.gt[cv.stamp_ns(msg.header)] = cv.image_to_array(msg)
+                while out and out[0].stamp in self.gt:
+                    yield out.pop(0)
+                continue
+            st = cv.stamp_ns(msg.header)
+            if conn.topic == self.topics["image"]:
+                raw_of.setdefault(st, {})["image"] = bytes(raw)
+            elif conn.topic == self.topics["info"]:
+                raw_of.setdefault(st, {})["info"] = bytes(raw)
+            else:
+                raw_of.setdefault(st, {})["points"] = bytes(raw)
+            sync.add(index[conn.topic], msg, st)
+            # Hold a frame back until the bag is past it, so that its ground truth (often
+            # recorded after the sensor messages) has been read.
+            while out and out[0].stamp + slop_ns < min(log_ns, st):
+                yield out.pop(0)
+        self.dropped = sync.dropped
+        while out:
+            yield out.pop(0)
+
+    def extrinsic(self, camera_frame: str, lidar_frame: str, fallback: np.ndarray | None) -> np.ndarray:
+        if (camera_frame, lidar_frame) in self.tf:
+            return self.tf[(camera_frame, lidar_frame)]
+        if (lidar_frame, camera_frame) in self.tf:
+            return np.linalg.inv(self.tf[(lidar_frame, camera_frame)])
+        if fallback is not None:
+            return fallback
+        known = [f"{a} <- {b}" for a, b in self.tf] or ["none"]
+        raise ReplayError(f"no transform between camera frame {camera_frame!r} and LiDAR frame {lidar_frame!r}: "
+                          f"/tf_static has {known}; pass --extrinsic tx,ty,tz,qx,qy,qz,qw")
+
+
+def ground_truth_for(frames: BagFrames, stamp: int, slop_ns: int) -> np.ndarray | None:
+    if stamp in frames.gt:
+        return frames.gt[stamp]
+    if frames.gt:
+        near = min(frames.gt, key=lambda s: abs(s - stamp))
+        if abs(near - stamp) <= slop_ns:
+            return frames.gt[near]
+    return None
+
+
+def holdout_split(n: int, fraction: float, seed: int, stamp: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-frame split of n projected points into (anchor idx, held-out idx), disjoint."""
+    rng = np.random.default_rng([seed, stamp % (2**32), stamp // (2**32)])
+    perm = rng.permutation(n)
+    k = int(round(n * fraction))
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def sparse_metrics(depth: np.ndarray, uv: np.ndarray, z: np.ndarray, max_depth: float) -> dict:
+    pred = depth[uv[:, 1].astype(int), uv[:, 0].astype(int)]
+    keep = (z > 0.1) & (z < max_depth)
+    return depth_metrics(torch.from_numpy(pred[keep]), torch.from_numpy(z[keep]), torch.ones(int(keep.sum()),
+                                                                                           dtype=torch.bool))
+
+
+class ResultWriter:
+    """frames.csv as we go; summary at the end (also after a fault)."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self.fh = (out / "frames.csv").open("w", newline="")
+        self.csv = csv.writer(self.fh)
+        self.csv.writerow(["stamp", "method", "anchors", "abs_rel", "delta1", "rmse", "latency_ms", "fallback"])
+        self.rows: list[dict] = []
+
+    def add(self, stamp: int, method: str, anchors: int, m: dict, latency_ms: float, fallback: str) -> None:
+        self.rows.append({"stamp": stamp, "method": method, **m, "latency_ms": latency_ms, "anchors": anchors})
+        self.csv.writerow([stamp, method, anchors, f"{m['abs_rel']:.6f}", f"{m['delta1']:.6f}", f"{m['rmse']:.6f}",
+                           f"{latency_ms:.2f}", fallback])
+        self.fh.flush()
+
+    def finish(self, info: dict) -> dict:
+        self.fh.close()
+        methods: dict[str, dict] = {}
+        for m in dict.fromkeys(r["method"] for r in self.rows):
+            rows = [r for r in self.rows if r["method"] == m]
+            methods[m] = {"abs_rel": float(np.nanmean([r["abs_rel"] for r in rows])),
+                          "delta1": float(np.nanmean([r["delta1"] for r in rows])),
+                          "rmse": float(np.nanmean([r["rmse"] for r in rows])),
+                          "frames": len(rows),
+                          "median_latency_ms": float(np.median([r["latency_ms"] for r in rows])),
+                          "mean_anchors": float(np.mean([r["anchors"] for r in rows]))}
+        doc = {"methods": methods, **info}
+        (self.out / "summary.json").write_text(json.dumps(doc, indent=2))
+        lines = ["| method | AbsRel | δ1 | RMSE (m) | frames | median latency (ms) |", "|---|---|---|---|---|---|"]
+        for m, v in methods.items():
+            lines.append(f"| {m} | {v['abs_rel']:.3f} | {v['delta1']:.3f} | {v['rmse']:.2f} | {v['frames']} | "
+                         f"{v['median_latency_ms']:.1f} |")
+        (self.out / "summary.md").write_text("\n".join(lines) + "\n")
+        self._plot()
+        return doc
+
+    def _plot(self) -> None:
+        if not self.rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        t0 = min(r["stamp"] for r in self.rows)
+        fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+        for m in dict.fromkeys(r["method"] for r in self.rows):
+            rows = [r for r in self.rows if r["method"] == m]
+            t = [(r["stamp"] - t0) / 1e9 for r in rows]
+            ax[0].plot(t, [r["abs_rel"] for r in rows], ".-", label=m)
+            ax[1].plot(t, [r["delta1"] for r in rows], ".-", label=m)
+        ax[0].set_title("AbsRel")
+        ax[1].set_title("δ1")
+        for a in ax:
+            a.set_xlabel("time (s)")
+        ax[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(self.out / "metrics_over_time.png", dpi=100)
+        plt.close(fig)
+
+
+class BagWriter:
+    """--write-bag: /depth/metric, /depth/metric/camera_info, /depth/scale_field at the input stamps."""
+
+    def __init__(self, path: Path) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        path = Path(path)
+        if path.suffix not in (".mcap", ".db3"):
+            raise ReplayError(f"--write-bag must end in .mcap or .db3, got {path.name!r}")
+        folder = path.with_suffix("")
+        if folder.exists():
+            raise ReplayError(f"--write-bag target {folder} already exists; remove it or choose another name")
+        self.ts = cv.rosbags_typestore()
+        self.types = cv.rosbags_types(self.ts)
+        self.w = Writer(folder, version=9, storage_plugin=StoragePlugin.MCAP if path.suffix == ".mcap"
+                        else StoragePlugin.SQLITE3)
+        self.w.open()
+        self.conns = {
+            "/depth/metric": self.w.add_connection("/depth/metric", "sensor_msgs/msg/Image", typestore=self.ts),
+            "/depth/metric/camera_info": self.w.add_connection("/depth/metric/camera_info",
+                                                               "sensor_msgs/msg/CameraInfo", typestore=self.ts),
+            "/depth/scale_field": self.w.add_connection("/depth/scale_field", "sensor_msgs/msg/Image",
+                                                        typestore=self.ts),
+        }
+        self.folder = folder
+
+    def write(self, stamp: int, header, info, depth: np.ndarray, scale: np.ndarray) -> None:
+        h = cv.make_header(self.types, cv.stamp_ns(header), header.frame_id)
+        msgs = {
+            "/depth/metric": (cv.array_to_image(self.types, depth, "32FC1", h), "sensor_msgs/msg/Image"),
+            "/depth/metric/camera_info": (cv.make_camera_info(self.types, np.asarray(info.k).reshape(3, 3),
+                                                              info.width, info.height, h), "sensor_msgs/msg/CameraInfo"),
+            "/depth/scale_field": (cv.array_to_image(self.types, scale.astype(np.float32), "32FC1", h),
+                                   "sensor_msgs/msg/Image"),
+        }
+        for topic, (msg, typ) in msgs.items():
+            self.w.write(self.conns[topic], stamp, self.ts.serialize_cdr(msg, typ))
+
+    def close(self) -> None:
+        self.w.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in PIPELINE_METHODS:
+            raise ReplayError(f"unknown method {m!r}; choose from {', '.join(PIPELINE_METHODS)}")
+    fallback_T = None
+    if args.extrinsic:
+        vals = [float(x) for x in args.extrinsic.split(",")]
+        if len(vals) != 7:
+            raise ReplayError(f"--extrinsic needs 7 numbers tx,ty,tz,qx,qy,qz,qw, got {len(vals)}")
+        fallback_T = quaternion_matrix(vals[:3], vals[3:])
+    bag = resolve_bag(args.bag)
+    frames = BagFrames(bag, args.image_topic, args.camera_info_topic, args.points_topic, args.gt_topic,
+                       args.slop, args.queue_size)
+    if args.live:
+        try:
+            return run_live(args, frames, methods, fallback_T)
+        finally:
+            frames.close()
+    cfg = PipelineConfig(method=methods[0], mde=args.mde, checkpoint=args.checkpoint, device=args.device,
+                         min_anchors=PARAM_DEFAULTS["min_anchors"], occlusion_kernel=PARAM_DEFAULTS["occlusion_kernel"],
+                         generator_regime=PARAM_DEFAULTS["generator_regime"])
+    pipe = MetricDepthPipeline(cfg)
+    writer = ResultWriter(Path(args.out))
+    bagw = BagWriter(Path(args.write_bag)) if args.write_bag else None
+    mode = "gt-topic" if frames.gt_topic else f"holdout {args.holdout:.0%} of LiDAR"
+    n_frames = 0
+    error = None
+    try:
+        for fs in tqdm(frames.frames(), desc="replaying", unit="frame"):
+            try:
+                res = evaluate_frame(pipe, frames, fs, methods, args, fallback_T)
+            except (cv.ConversionError, ReplayError) as exc:
+                error = f"frame at stamp {fs.stamp}: {exc}"
+                break
+            n_frames += 1
+            for m, (out, metrics, latency) in res.items():
+                if out.depth is None or metrics is None:
+                    continue
+                writer.add(fs.stamp, m, out.anchors, metrics, latency, out.fallback)
+                if bagw is not None and m == (args.write_method or methods[0]):
+                    bagw.write(fs.stamp, fs.image.header, fs.info, out.depth, out.scale)
+    finally:
+        if bagw is not None:
+            bagw.close()
+        frames.close()
+    error = error or frames.error
+    doc = writer.finish({"bag": str(bag), "ground_truth": mode, "frames_synced": n_frames,
+                         "frames_dropped_by_sync": frames.dropped, "error": error})
+    print((Path(args.out) / "summary.md").read_text())
+    if error:
+        print(f"error: {error}; wrote the {n_frames} frames evaluated before it", file=sys.stderr)
+        return 2
+    if n_frames == 0:
+        print("error: no synchronised frame in the bag (check topics and --slop)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def evaluate_frame(pipe: MetricDepthPipeline, frames: BagFrames, fs: FrameSet, methods: list[str], args,
+                   fallback_T) -> dict:
+    """Align one synchronised frame with every method and score it."""
+    rgb = cv.compressed_to_array(fs.image) if fs.compressed else cv.image_to_array(fs.image)
+    cam = cv.camera_info_to_model(fs.info)
+    cam_frame = fs.image.header.frame_id or cam.frame_id
+    if cam.frame_id and fs.image.header.frame_id and cam.frame_id != fs.image.header.frame_id:
+        raise ReplayError(f"mismatched frame ids: image is in {fs.image.header.frame_id!r}, "
+                          f"CameraInfo in {cam.frame_id!r}")
+    if (cam.width, cam.height) != (rgb.shape[1], rgb.shape[0]):
+        raise ReplayError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but CameraInfo says {cam.width}x{cam.height}")
+    T = frames.extrinsic(cam_frame, fs.cloud.header.frame_id, fallback_T)
+    pts = cv.cloud_to_xyz(fs.cloud)
+    t0 = time.perf_counter()
+    uv, z, reason = pipe.project(pts, cam.K, T, rgb.shape[:2])
+    t_proj = time.perf_counter() - t0
+    if reason:
+        return {}
+    gt = ground_truth_for(frames, fs.stamp, int(args.slop * 1e9))
+    eval_uv = eval_z = None
+    if gt is None:
+        keep, held = holdout_split(len(z), args.holdout, args.seed, fs.stamp)
+        eval_uv, eval_z = uv[held].numpy(), z[held].numpy()
+        uv, z = uv[keep], z[keep]
+    mde, feats, t_mde = pipe.predict(rgb)
+    out = {}
+    for m in methods:
+        t1 = time.perf_counter()
+        res = pipe.align(mde, feats, uv, z, method=m)
+        latency = 1000 * (time.perf_counter() - t1 + t_proj + t_mde)
+        if res.depth is None:
+            out[m] = (res, None, latency)
+            continue
+        if gt is not None:
+            g = torch.from_numpy(np.nan_to_num(gt, nan=0.0))
+            metrics = depth_metrics(torch.from_numpy(res.depth), g, evaluation_mask(g, args.max_depth))
+        else:
+            metrics = sparse_metrics(res.depth, eval_uv, eval_z, args.max_depth)
+        out[m] = (res, metrics, latency)
+    return out
+
+
+def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
+    """Publish the bag over DDS to an align node (started here, as robots run it) and score its output."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+    from .core.transforms import matrix_quaternion
+    from .ros.loopback import LoopbackRig, ensure_local_dds
+
+    ensure_local_dds()
+    if len(methods) != 1:
+        raise ReplayError("--live evaluates the node's one method; give exactly one in --methods")
+    if not frames.gt_topic:
+        raise ReplayError("--live needs a ground-truth depth topic in the bag (--gt-topic)")
+    from rclpy.parameter import Parameter
+
+    # Read ahead to collect the extrinsic and frames; publish at recorded rate.
+    sets = list(frames.frames())
+    if not sets:
+        raise ReplayError("no synchronised frame in the bag")
+    cam_frame = sets[0].image.header.frame_id
+    T = frames.extrinsic(cam_frame, sets[0].cloud.header.frame_id, fallback_T)
+    t, q = matrix_quaternion(T)
+    overrides = [Parameter("method", value=methods[0]), Parameter("device", value=args.device),
+                 Parameter("mde_backend", value=args.mde), Parameter("generator_checkpoint", value=args.checkpoint),
+                 Parameter("extrinsic_translation", value=t), Parameter("extrinsic_rotation", value=q),
+                 Parameter("image_transport", value="compressed" if frames.compressed else "raw"),
+                 Parameter("qos_reliability", value="reliable"), Parameter("qos_depth", value=50)]
+    rig = LoopbackRig(overrides, sensor_reliable=True)
+    writer = ResultWriter(Path(args.out))
+    img_type = CompressedImage if frames.compressed else Image
+    pub_img = rig.pub_cimg if frames.compressed else rig.pub_img
+    try:
+        start_wall, start_bag = time.perf_counter(), sets[0].stamp
+        for fs in sets:
+            due = (fs.stamp - start_bag) / 1e9 / max(args.rate, 1e-6)
+            while time.perf_counter() - start_wall < due:
+                time.sleep(0.001)
+            n = len(rig.depth)
+            sent = time.perf_counter()
+            pub_img.publish(deserialize_message(fs.raw["image"], img_type))
+            rig.pub_info.publish(deserialize_message(fs.raw["info"], CameraInfo))
+            rig.pub_cloud.publish(deserialize_message(fs.raw["points"], PointCloud2))
+            # One frame in flight at a time so that the node never drops (robots may; we score all).
+            if not rig.wait_for(lambda: len(rig.depth) > n, 30.0):
+                continue
+            msg = rig.depth[-1]
+            d = cv.image_to_array(msg)
+            gt = ground_truth_for(frames, cv.stamp_ns(msg.header), int(args.slop * 1e9))
+            g = torch.from_numpy(np.nan_to_num(gt, nan=0.0))
+            met = depth_metrics(torch.from_numpy(d), g, evaluation_mask(g, args.max_depth))
+            st = cv.stamp_ns(msg.header)
+
+            def anchors_for() -> int | None:
+                return next((int(kv.value) for dd in reversed(rig.diag) if cv.stamp_ns(dd.header) == st
+                             for kv in dd.status[0].values if kv.key == "anchors"), None)
+
+            rig.wait_for(lambda: anchors_for() is not None, 2.0)
+            anchors = anchors_for() or 0
+            writer.add(cv.stamp_ns(msg.header), methods[0], anchors, met, 1000 * (rig.received_at[-1] - sent), "")
+    finally:
+        rig.close()
+    doc = writer.finish({"bag": str(frames.bag), "ground_truth": "gt-topic", "mode": "live", "error": frames.error})
+    print((Path(args.out) / "summary.md").read_text())
+    return 2 if frames.error else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bag", help="rosbag2 folder or its .mcap/.db3 file")
+    p.add_argument("--methods", default="basis,global")
+    p.add_argument("--out", default="replay_out")
+    p.add_argument("--image-topic", default="/camera/image_raw", help="(…/compressed is used if only it exists)")
+    p.add_argument("--camera-info-topic", default="/camera/camera_info")
+    p.add_argument("--points-topic", default="/lidar/points")
+    p.add_argument("--gt-topic", default="/ground_truth/depth")
+    p.add_argument("--holdout", type=float, default=0.2, help="LiDAR fraction held out when there is no GT topic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slop", type=float, default=PARAM_DEFAULTS["sync_slop"])
+    p.add_argument("--queue-size", type=int, default=PARAM_DEFAULTS["sync_queue_size"])
+    p.add_argument("--extrinsic", help="LiDAR->camera tx,ty,tz,qx,qy,qz,qw when /tf_static lacks it")
+    p.add_argument("--max-depth", type=float, default=80.0, help="evaluation range (80 outdoor, 10 indoor)")
+    p.add_argument("--mde", default=PARAM_DEFAULTS["mde_backend"])
+    p.add_argument("--checkpoint", default="")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--write-bag", help="write the aligned output (.mcap or .db3) for rviz/Foxglove")
+    p.add_argument("--write-method", help="method whose output --write-bag writes (default: the first)")
+    p.add_argument("--live", action="store_true", help="publish over DDS to an align node and score its output")
+    p.add_argument("--rate", type=float, default=1.0, help="--live playback speed factor")
+    a = p.parse_args(argv)
+    if not 0 < a.holdout < 1:
+        raise SystemExit(f"--holdout must be in (0, 1), got {a.holdout}")
+    try:
+        return run(a)
+    except ReplayError as exc:
+        out = Path(a.out)
+        if not (out / "summary.json").exists():  # nothing evaluated: still leave a readable record
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.json").write_text(json.dumps({"methods": {}, "bag": a.bag, "error": str(exc)}, indent=2))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
