@@ -165,7 +165,7 @@ def save_figure(path: Path, sample, mde: torch.Tensor, fig_data, gt: torch.Tenso
     res, maps, uv = fig_data
     depth = res.depth.cpu()
     err = torch.where(valid, (depth - gt).abs() / gt.clamp_min(1e-6), torch.full_like(gt, float("nan")))
-    E = maps.E[0].cpu()
+    E = maps.full()[0].cpu()
     panels = [("RGB", sample.rgb, None), ("MDE depth (up to scale)", mde.numpy(), "magma_r"),
               ("scale field s(x)", res.scale.cpu().numpy(), "viridis")]
     for k in range(1, min(5, E.shape[0])):

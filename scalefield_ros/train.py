@@ -81,15 +81,15 @@ class TrainConfig:
 class _Item:
     """One cached training image, as tensors."""
 
-    def __init__(self, sample, depth: torch.Tensor, feats: torch.Tensor) -> None:
-        self.key = sample.key
-        self.family = sample.family
+    def __init__(self, key: str, depth: torch.Tensor, feats: torch.Tensor, gt: torch.Tensor,
+                 valid: torch.Tensor) -> None:
+        self.key = key
         self.mde = depth
         self.feats = feats
-        self.gt = torch.from_numpy(np.nan_to_num(sample.depth, nan=0.0))
-        self.valid = torch.from_numpy(sample.valid)
-        self.cand = grid_candidates(sample.valid)
-        self.gt_np = np.nan_to_num(sample.depth, nan=0.0)
+        self.gt = gt
+        self.valid = valid.bool()
+        self.gt_np = gt.numpy()
+        self.cand = grid_candidates(self.valid.numpy())
 
 
 def _cache_one(args):
@@ -110,9 +110,15 @@ def _load_item(cfg: TrainConfig, idx: int):
         seeds = parse_seeds(cfg.seeds)
         _WORKER_STATE["ds"] = open_dataset(cfg.data, ",".join(map(str, seeds)), tuple(cfg.frames))
         _WORKER_STATE["cache"] = FeatureCache(load_backend(cfg.mde, "cpu"), cfg.cache_dir)
-    s = _WORKER_STATE["ds"][idx]
-    d, f = _WORKER_STATE["cache"].get(s)
-    return _Item(s, d, f)
+    ds, cache = _WORKER_STATE["ds"], _WORKER_STATE["cache"]
+    key = ds.key(idx) if hasattr(ds, "key") else None
+    t = cache.load(key) if key else None
+    if t is None or "gt" not in t:
+        sample = ds[idx]
+        key = sample.key
+        cache.get(sample, keep_ground_truth=True)
+        t = cache.load(key)
+    return _Item(key, t["depth"], t["features"], t["gt"], t["valid"])
 
 
 def load_items(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[list[_Item], list[_Item]]:
@@ -178,14 +184,14 @@ def step_loss(gen, batch: list[_Item], cfg: TrainConfig, rng, device) -> tuple[d
     valid = torch.stack([it.valid for it in batch]).to(device)
     uv, z, am = _anchor_batch(batch, cfg.regime, rng, device)
     maps = gen(mde, feats)
-    design = sample_maps(maps.E, uv)
+    design = sample_maps(maps.E, uv, tuple(mde.shape[-2:]))
     ui = uv[..., 0].round().long()
     vi = uv[..., 1].round().long()
     w = mde.shape[-1]
     mde_at = torch.gather(mde.view(len(batch), -1), 1, vi * w + ui)
     y = log_targets(z, mde_at, am)
     wts = ridge_solve(design, y, am, cfg.ridge)
-    pred = ScaleField.from_basis(maps.E, wts).apply(mde)
+    pred = ScaleField.from_basis(maps.E, wts, tuple(mde.shape[-2:])).apply(mde)
     lw = LossWeights(cfg.lambda_anchor, cfg.lambda_decor, cfg.lambda_gate)
     terms = total_loss(maps, pred, gt, valid, design, wts, y, am, lw)
     return terms, pred.detach()

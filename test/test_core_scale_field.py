@@ -41,6 +41,19 @@ def test_sample_maps_reads_pixel_centres_exactly():
     assert torch.equal(out[0, 1], maps[0, :, 3, 4])
 
 
+def test_coarse_maps_are_read_as_their_upsampling():
+    import torch.nn.functional as F
+
+    E = torch.randn(2, 5, 12, 20)
+    size = (48, 80)
+    up = F.interpolate(E, size=size, mode="bilinear", align_corners=False)
+    uv = torch.tensor([[[0.0, 0.0], [79.0, 47.0], [13.0, 29.0], [40.0, 7.0]]] * 2)
+    assert torch.allclose(sample_maps(E, uv, size), sample_maps(up, uv), atol=1e-5)
+    w = torch.randn(2, 5)
+    assert torch.allclose(ScaleField.from_basis(E, w, size).log_scale, ScaleField.from_basis(up, w).log_scale,
+                          atol=1e-5)
+
+
 def test_scale_field_apply_and_nan_where_mde_invalid():
     l = torch.log(torch.full((1, 2, 2), 3.0))
     d = torch.tensor([[[1.0, 2.0], [0.0, float("nan")]]])
@@ -70,10 +83,11 @@ def test_generator_structure(k):
     d = torch.rand(2, 40, 72) + 0.5
     f = torch.randn(2, 6, 20, 36)
     out = gen(d, f)
-    assert out.E.shape == (2, k, 40, 72)
-    assert torch.allclose(out.B[:, 0], torch.ones(2, 40, 72))  # B_0 == 1 (eq 17)
-    assert torch.allclose(out.E[:, 0], torch.ones(2, 40, 72))  # ungated global mode
-    assert torch.allclose(out.G.sum(1), torch.ones(2, 40, 72), atol=1e-5)  # eq 18
+    assert out.E.shape == (2, k, 20, 36) and out.size == (40, 72)  # at F's resolution
+    assert out.full().shape == (2, k, 40, 72)
+    assert torch.allclose(out.B[:, 0], torch.ones(2, 20, 36))  # B_0 == 1 (eq 17)
+    assert torch.allclose(out.full()[:, 0], torch.ones(2, 40, 72))  # ungated global mode
+    assert torch.allclose(out.G.sum(1), torch.ones(2, 20, 36), atol=1e-5)  # eq 18
     assert (out.G >= 0).all()
     assert torch.allclose(out.E[:, 1:], out.G[:, 1:] * out.B[:, 1:])  # eq 19
     literal = BasisMapGenerator(num_basis=k, feature_channels=6, width=16, ungated_global=False)

@@ -2,8 +2,8 @@
 
 Input resolution (the choice the issue asks us to justify): the generator runs at the
 resolution of the MDE features F, with the depth *downsampled* to it (area average in
-log space), and the resulting basis maps are upsampled bilinearly to the depth
-resolution. F carries no information finer than its own grid, upsampling F's C channels
+log space); the basis maps stand for their bilinear upsampling to the depth resolution
+(see :class:`BasisMaps`). F carries no information finer than its own grid, upsampling F's C channels
 to full resolution would multiply the trunk's cost by the feature stride squared, and the
 log-scale field is smooth within objects, so the maps lose little. When no features are
 given (F = 0 ablation, or an MDE without features) the generator works at
@@ -40,11 +40,25 @@ class GeneratorConfig:
 
 
 class BasisMaps(NamedTuple):
-    """Generator outputs at depth resolution."""
+    """Generator outputs at the generator's working resolution ``(h, w)``.
 
-    E: torch.Tensor  # (B, K, H, W) final basis maps E = G * B (eq 19)
-    B: torch.Tensor  # (B, K, H, W) primitive maps, B_0 == 1 (eq 17)
-    G: torch.Tensor  # (B, K, H, W) softmax gates (eq 18)
+    The maps stand for their bilinear upsampling (``align_corners=False``) to the depth
+    resolution ``size``. Because that upsampling is linear, the scale field is computed
+    as ``upsample(E^T w)`` (one channel) and anchors read E through the same
+    interpolation, so the K full-resolution maps are never materialised: the apply step
+    costs one channel at full resolution whatever K is.
+    """
+
+    E: torch.Tensor  # (B, K, h, w) final basis maps E = G * B (eq 19)
+    B: torch.Tensor  # (B, K, h, w) primitive maps, B_0 == 1 (eq 17)
+    G: torch.Tensor  # (B, K, h, w) softmax gates (eq 18)
+    size: tuple[int, int] | None = None  # (H, W) the maps stand for; None = their own size
+
+    def full(self) -> torch.Tensor:
+        """E upsampled to ``size`` (for figures and analysis; the aligner does not need it)."""
+        if self.size is None or tuple(self.E.shape[-2:]) == tuple(self.size):
+            return self.E
+        return F.interpolate(self.E, size=self.size, mode="bilinear", align_corners=False)
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -164,17 +178,11 @@ class BasisMapGenerator(nn.Module):
             prim = prim[:, :0]
         ones = torch.ones(b, 1, *size, device=x.device, dtype=dtype)
         basis = torch.cat([ones, prim], dim=1)
-        if (h, w) != size:
-            basis = F.interpolate(basis, size=(h, w), mode="bilinear", align_corners=False)
-            basis[:, 0] = 1.0
-            logits = F.interpolate(self.gate_head(d0), size=(h, w), mode="bilinear", align_corners=False)
-        else:
-            logits = self.gate_head(d0)
-        gates = torch.softmax(logits, dim=1)
+        gates = torch.softmax(self.gate_head(d0), dim=1)
         E = gates * basis
         if cfg.ungated_global:
             E = torch.cat([basis[:, :1], E[:, 1:]], dim=1)
-        return BasisMaps(E, basis, gates)
+        return BasisMaps(E, basis, gates, (h, w))
 
 
 def save_generator(generator: BasisMapGenerator, path: str | Path, extra: dict | None = None) -> Path:

@@ -18,25 +18,29 @@ import torch.nn.functional as F
 DEFAULT_RIDGE = 1e-3
 
 
-def sample_maps(maps: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinearly sample per-pixel maps at anchor pixels.
+def sample_maps(maps: torch.Tensor, uv: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Sample maps at anchor pixels of an image of ``size`` (default: the maps' own size).
+
+    Maps coarser than the image are read exactly as their bilinear upsampling to ``size``
+    (``F.interpolate(..., align_corners=False)``) would be at those pixels, without
+    building it.
 
     Args:
-        maps: ``(B, C, H, W)`` maps.
-        uv: ``(B, N, 2)`` pixel coordinates (pixel centres at integers).
+        maps: ``(B, C, h, w)`` maps.
+        uv: ``(B, N, 2)`` pixel coordinates of the ``(H, W)`` image (pixel centres at integers).
 
     Returns:
         ``(B, N, C)`` values. Coordinates are clamped to the image so padded anchors
         never read outside it (their rows are masked by the caller).
     """
-    _, _, h, w = maps.shape
+    h, w = size if size is not None else maps.shape[-2:]
     u = uv[..., 0].clamp(0, w - 1)
     v = uv[..., 1].clamp(0, h - 1)
-    # align_corners=True maps -1/+1 to the centres of the border pixels.
-    gx = 2.0 * u / max(w - 1, 1) - 1.0
-    gy = 2.0 * v / max(h - 1, 1) - 1.0
+    # align_corners=False: pixel u of a W-wide image sits at (2u + 1) / W - 1, at any map size.
+    gx = (2.0 * u + 1.0) / w - 1.0
+    gy = (2.0 * v + 1.0) / h - 1.0
     grid = torch.stack([gx, gy], dim=-1).unsqueeze(1).to(maps.dtype)  # (B, 1, N, 2)
-    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out[:, :, 0, :].transpose(1, 2)
 
 
@@ -103,9 +107,17 @@ class ScaleField:
         return torch.where(valid, out, torch.full_like(out, float("nan")))
 
     @staticmethod
-    def from_basis(basis: torch.Tensor, weights: torch.Tensor) -> "ScaleField":
-        """``l(x) = E(x)^T w`` (eq 8) from ``(B, K, H, W)`` maps and ``(B, K)`` weights."""
-        return ScaleField(torch.einsum("bkhw,bk->bhw", basis, weights))
+    def from_basis(basis: torch.Tensor, weights: torch.Tensor, size: tuple[int, int] | None = None) -> "ScaleField":
+        """``l(x) = E(x)^T w`` (eq 8) from ``(B, K, h, w)`` maps and ``(B, K)`` weights.
+
+        With ``size`` larger than the maps, l is formed at the maps' resolution and then
+        upsampled: bilinear upsampling is linear, so this equals weighting the upsampled
+        maps, at 1/K of the cost.
+        """
+        l = torch.einsum("bkhw,bk->bhw", basis, weights.to(basis.dtype))
+        if size is not None and tuple(l.shape[-2:]) != tuple(size):
+            l = F.interpolate(l.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        return ScaleField(l)
 
 
 @dataclass

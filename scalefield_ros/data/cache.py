@@ -26,24 +26,39 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.dir / (hashlib.sha1(key.encode()).hexdigest() + ".safetensors")
 
-    def get(self, sample) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mde_depth (H, W) float32, features (C, h, w) float16)`` for a sample, computing once."""
-        from safetensors.torch import load_file, save_file
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        """Everything stored for ``key`` (depth, features, and gt/valid when kept), or None."""
+        from safetensors.torch import load_file
 
-        p = self.path(sample.key)
+        p = self.path(key)
         if p.is_file():
             try:
-                t = load_file(str(p))
-                return t["depth"], t["features"]
+                return load_file(str(p))
             except Exception:  # a torn write from an interrupted run: recompute it
                 p.unlink(missing_ok=True)
+        return None
+
+    def get(self, sample, keep_ground_truth: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mde_depth (H, W) float32, features (C, h, w) float16)`` for a sample, computing once.
+
+        ``keep_ground_truth`` also stores the sample's depth and mask, so that training can
+        skip loading (for the synthetic world: rendering) the sample again.
+        """
+        from safetensors.torch import save_file
+
+        t = self.load(sample.key)
+        if t is not None and (not keep_ground_truth or "gt" in t):
+            return t["depth"], t["features"]
         depth, feats = self.backend.predict(sample.rgb)
-        depth = depth[0].float().cpu().contiguous()
-        feats = feats[0].half().cpu().contiguous()
+        tensors = {"depth": depth[0].float().cpu().contiguous(), "features": feats[0].half().cpu().contiguous()}
+        if keep_ground_truth:
+            tensors["gt"] = torch.from_numpy(np.nan_to_num(sample.depth, nan=0.0).astype(np.float32))
+            tensors["valid"] = torch.from_numpy(sample.valid.astype(np.uint8))
+        p = self.path(sample.key)
         tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"depth": depth, "features": feats}, str(tmp))
+        save_file(tensors, str(tmp))
         os.replace(tmp, p)
-        return depth, feats
+        return tensors["depth"], tensors["features"]
 
 
 def as_numpy(x: torch.Tensor) -> np.ndarray:

@@ -49,6 +49,10 @@ class SyntheticDataset:
     def __len__(self) -> int:
         return len(self.items)
 
+    def key(self, idx: int) -> str:
+        fam, seed, index = self.items[idx]
+        return f"synthetic/{fam}/{seed}/{index}"
+
     def __getitem__(self, idx: int) -> Sample:
         fam, seed, index = self.items[idx]
         fr = SyntheticWorld(fam, seed).frame(index, with_lidar=self.lidar)
@@ -56,7 +60,7 @@ class SyntheticDataset:
         valid = evaluation_mask(torch.from_numpy(np.nan_to_num(fr.depth, nan=0.0)), MAX_DEPTH[fam],
                                 torch.from_numpy(sky)).numpy()
         return Sample(
-            key=f"synthetic/{fam}/{seed}/{index}", rgb=fr.rgb, depth=fr.depth, valid=valid,
+            key=self.key(idx), rgb=fr.rgb, depth=fr.depth, valid=valid,
             K=fr.K, max_depth=MAX_DEPTH[fam], family=fam, labels=fr.labels,
             points=fr.points if self.lidar else None, T_cam_lidar=fr.T_cam_lidar,
         )

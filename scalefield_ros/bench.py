@@ -1,0 +1,236 @@
+"""Latency of every stage and every aligner, measured in one run on one device.
+
+    python -m scalefield_ros.bench --quick --out DIR      # < 3 min on 2 CPU cores
+    python -m scalefield_ros.bench --out DIR --device cuda
+
+Per-stage latency (LiDAR projection, embedded MDE, generator, solve, apply) and the whole
+alignment (everything but the MDE: anchors in, metric depth out) for ``basis`` K=8/30/50,
+``global``, ``piecewise``, ``lwlr``, ``grid`` and ``region``, with warm-up and repeats
+(median and 10-90 % spread), CUDA synchronised. Sweeps: anchors N in {10, 100, 500, 2000}
+at 640x192; resolution in {640x192, 1216x352, 1280x720} at N = 500; K in {8, 30, 50}.
+Each aligner is also reported as a ratio to ``global`` measured in the same run, and a
+log-log slope fits how its cost grows with N and with H*W.
+
+``DIR/bench.json``::
+
+    {"machine": str, "device": str, "quick": bool,
+     "latency_ms": {ALIGNER: {"n{N}_{W}x{H}": median ms}},          # whole alignment
+     "ratio_to_global": {ALIGNER: {"n{N}_{W}x{H}": float}},
+     "spread_ms": {ALIGNER: {"n{N}_{W}x{H}": [p10, p90]}},
+     "stages_ms": {"n{N}_{W}x{H}": {"projection", "mde", "generator_k8", ..., "solve_k8", "apply_k8", ...}},
+     "peak_mem_mb": {ALIGNER: {...}},     # CUDA: max allocated; CPU: growth of the process high-water RSS
+     "growth": {ALIGNER: {"anchors_exponent": float, "pixels_exponent": float}}}
+
+plus ``DIR/bench.md`` (tables) and ``DIR/bench.png`` (latency vs N and vs pixels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core import make
+from .core.anchors import project_points
+from .core.generator import BasisMapGenerator, GeneratorConfig, load_generator
+
+RESOLUTIONS = [(640, 192), (1216, 352), (1280, 720)]
+ANCHORS = [10, 100, 500, 2000]
+KS = [8, 30, 50]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float, float, float, float]:
+    """(median, p10, p90) in ms and peak memory in MB of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - t))
+    if device.type == "cuda":
+        mem = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        mem = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return float(np.median(times)), float(np.percentile(times, 10)), float(np.percentile(times, 90)), float(mem)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+class Scene:
+    """A street frame at a resolution, its MDE outputs, labels and a LiDAR scan."""
+
+    def __init__(self, w: int, h: int, backend, device: torch.device) -> None:
+        from .data.synthetic import SyntheticWorld
+
+        world = SyntheticWorld("street", 9100, width=w, height=h)
+        f = world.frame(0)
+        self.frame = f
+        self.gt = np.nan_to_num(f.depth, nan=0.0)
+        self.labels = torch.from_numpy(f.labels.astype(np.int64)).to(device)
+        d, feats = backend.predict(f.rgb)
+        self.mde = d[0].to(device)
+        self.feats = feats.to(device)
+        valid = np.argwhere((self.gt > 0.5) & (self.gt < 80))
+        self.valid = valid
+
+    def anchors(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(n)
+        idx = self.valid[rng.choice(len(self.valid), size=n, replace=False)]
+        uv = torch.tensor(idx[:, ::-1].copy(), dtype=torch.float32, device=device)
+        z = torch.tensor(self.gt[idx[:, 0], idx[:, 1]], dtype=torch.float32, device=device)
+        return uv, z
+
+
+def build_aligners(device: torch.device, feature_channels: int) -> dict:
+    from .checkpoints import default_checkpoint
+
+    al = {}
+    gens = {8: load_generator(default_checkpoint("low"), device), 30: load_generator(default_checkpoint("medium"), device)}
+    torch.manual_seed(0)
+    # No K=50 model ships; an untrained one of the same architecture costs the same.
+    gens[50] = BasisMapGenerator(GeneratorConfig(num_basis=50, feature_channels=feature_channels)).to(device).eval()
+    for k, g in gens.items():
+        al[f"basis-k{k}"] = make("basis", generator=g)
+    for name in ("global", "piecewise", "lwlr", "grid", "region"):
+        al[name] = make(name)
+    return al
+
+
+def run(args: argparse.Namespace) -> dict:
+    from .mde.backends import load_backend, resolve_device
+
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    backend = load_backend("embedded", device)
+    warm, reps = (1, 3) if args.quick else (3, 15)
+    aligners = build_aligners(device, backend.feature_channels)
+    points: list[tuple[int, tuple[int, int]]] = [(n, RESOLUTIONS[0]) for n in ANCHORS]
+    points += [(500, r) for r in RESOLUTIONS[1:]]
+    scenes = {r: Scene(r[0], r[1], backend, device) for r in RESOLUTIONS}
+    lat: dict = {a: {} for a in aligners}
+    spread: dict = {a: {} for a in aligners}
+    mem: dict = {a: {} for a in aligners}
+    stages: dict = {}
+    for n, (w, h) in points:
+        key = f"n{n}_{w}x{h}"
+        sc = scenes[(w, h)]
+        uv, z = sc.anchors(n, device)
+        for name, al in aligners.items():
+            kw = {"features": sc.feats} if name.startswith("basis") else {"regions": sc.labels} if name == "region" else {}
+            med, p10, p90, mb = timeit(lambda: al.fit(sc.mde, uv, z, **kw), device, warm, reps)
+            lat[name][key], spread[name][key], mem[name][key] = med, [p10, p90], mb
+            print(f"{key:>16} {name:>10}: {med:8.2f} ms", flush=True)
+        st = {}
+        f = sc.frame
+        pts = torch.from_numpy(f.points).to(device)
+        T = torch.from_numpy(f.T_cam_lidar).to(device)
+        K = torch.from_numpy(f.K).to(device)
+        st["projection"] = timeit(lambda: project_points(pts, T, K, (h, w)), device, warm, reps)[0]
+        st["mde"] = timeit(lambda: backend.predict(f.rgb), device, warm, reps)[0]
+        for k in KS:
+            al = aligners[f"basis-k{k}"]
+            gen = al.generator
+            with torch.no_grad():
+                st[f"generator_k{k}"] = timeit(lambda: gen(sc.mde.unsqueeze(0), sc.feats), device, warm, reps)[0]
+                maps = gen(sc.mde.unsqueeze(0), sc.feats)
+            res = al.fit(sc.mde, uv, z, basis_maps=maps)
+            times = [al.fit(sc.mde, uv, z, basis_maps=maps).timings for _ in range(reps)]
+            st[f"solve_k{k}"] = 1000 * float(np.median([t.get("prepare", 0) + t.get("solve", 0) for t in times]))
+            st[f"apply_k{k}"] = 1000 * float(np.median([t.get("apply", 0) for t in times]))
+            del res
+        stages[key] = st
+    ratio = {a: {k: v / lat["global"][k] for k, v in d.items()} for a, d in lat.items()}
+    growth = {}
+    for a, d in lat.items():
+        ns = [(n, d[f"n{n}_{RESOLUTIONS[0][0]}x{RESOLUTIONS[0][1]}"]) for n in ANCHORS]
+        px = [(w * h, d[f"n500_{w}x{h}"]) for w, h in RESOLUTIONS]
+        growth[a] = {"anchors_exponent": float(np.polyfit(np.log([x for x, _ in ns]), np.log([y for _, y in ns]), 1)[0]),
+                     "pixels_exponent": float(np.polyfit(np.log([x for x, _ in px]), np.log([y for _, y in px]), 1)[0])}
+    return {"machine": machine(), "device": str(device), "quick": bool(args.quick), "repeats": reps, "warmup": warm,
+            "latency_ms": lat, "ratio_to_global": ratio, "spread_ms": spread, "stages_ms": stages,
+            "peak_mem_mb": mem, "growth": growth}
+
+
+def write_report(out: Path, doc: dict) -> None:
+    keys = list(next(iter(doc["latency_ms"].values())).keys())
+    lines = [f"Machine: {doc['machine']}; device {doc['device']}; median of {doc['repeats']} runs "
+             f"after {doc['warmup']} warm-up.", "",
+             "### Whole alignment (ms; × global in brackets)", "",
+             "| aligner | " + " | ".join(keys) + " | ∝ N^a | ∝ (HW)^b |", "|---" * (len(keys) + 3) + "|"]
+    for a, d in doc["latency_ms"].items():
+        cells = [f"{d[k]:.1f} ({doc['ratio_to_global'][a][k]:.1f}×)" for k in keys]
+        g = doc["growth"][a]
+        lines.append(f"| {a} | " + " | ".join(cells) + f" | {g['anchors_exponent']:.2f} | {g['pixels_exponent']:.2f} |")
+    lines += ["", "### Stages (ms)", ""]
+    skeys = list(next(iter(doc["stages_ms"].values())).keys())
+    lines += ["| point | " + " | ".join(skeys) + " |", "|---" * (len(skeys) + 1) + "|"]
+    for k, st in doc["stages_ms"].items():
+        lines.append(f"| {k} | " + " | ".join(f"{st[s]:.1f}" for s in skeys) + " |")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    w0, h0 = RESOLUTIONS[0]
+    for a, d in doc["latency_ms"].items():
+        ax[0].plot(ANCHORS, [d[f"n{n}_{w0}x{h0}"] for n in ANCHORS], "o-", label=a)
+        ax[1].plot([w * h for w, h in RESOLUTIONS], [d[f"n500_{w}x{h}"] for w, h in RESOLUTIONS], "o-", label=a)
+    for a, xl in zip(ax, ("anchors N (640x192)", "pixels H*W (N=500)")):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel(xl)
+        a.set_ylabel("alignment latency (ms)")
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 warm-up, 3 repeats (< 3 min on 2 cores)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="bench_out")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = run(a)
+    (out / "bench.json").write_text(json.dumps(doc, indent=2))
+    write_report(out, doc)
+    print((out / "bench.md").read_text())
+    return doc
+
+
+if __name__ == "__main__":
+    main()
