@@ -92,32 +92,39 @@ class _Item:
         self.cand = grid_candidates(self.valid.numpy())
 
 
-def _cache_one(args):
-    cfg, idx = args
-    return _load_item(cfg, idx)
-
-
 _WORKER_STATE: dict = {}
 
 
-def _load_item(cfg: TrainConfig, idx: int):
+def _open(cfg: TrainConfig):
+    """(dataset, feature cache) of a config, opened once per process."""
     from .data.cache import FeatureCache
     from .data.datasets import open_dataset
     from .mde.backends import load_backend
 
     if "ds" not in _WORKER_STATE:
-        torch.set_num_threads(1)
         seeds = parse_seeds(cfg.seeds)
         _WORKER_STATE["ds"] = open_dataset(cfg.data, ",".join(map(str, seeds)), tuple(cfg.frames))
         _WORKER_STATE["cache"] = FeatureCache(load_backend(cfg.mde, "cpu"), cfg.cache_dir)
-    ds, cache = _WORKER_STATE["ds"], _WORKER_STATE["cache"]
+    return _WORKER_STATE["ds"], _WORKER_STATE["cache"]
+
+
+def _ensure_cached(args: tuple[TrainConfig, int]) -> str:
+    """Compute and store MDE outputs + ground truth of one sample; return its cache key."""
+    cfg, idx = args
+    torch.set_num_threads(1)
+    ds, cache = _open(cfg)
     key = ds.key(idx) if hasattr(ds, "key") else None
     t = cache.load(key) if key else None
     if t is None or "gt" not in t:
         sample = ds[idx]
         key = sample.key
         cache.get(sample, keep_ground_truth=True)
-        t = cache.load(key)
+    return key
+
+
+def _load_item(cfg: TrainConfig, key: str) -> _Item:
+    _, cache = _open(cfg)
+    t = cache.load(key)
     return _Item(key, t["depth"], t["features"], t["gt"], t["valid"])
 
 
@@ -132,15 +139,17 @@ def load_items(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[list[_I
     n_val_seeds = max(1, int(round(len(seeds) * cfg.val_fraction)))
     val_seeds = set(seeds[-n_val_seeds:])
     idx = list(range(len(ds)))
-    if cfg.workers > 0:
+    from tqdm import tqdm
+
+    jobs = [(cfg, i) for i in idx]
+    if cfg.workers > 0:  # workers only fill the cache; tensors are read back here
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(cfg.workers) as ex:
-            items = list(ex.map(_cache_one, [(cfg, i) for i in idx], chunksize=4))
+            keys = list(ex.map(_ensure_cached, jobs, chunksize=4))
     else:
-        from tqdm import tqdm
-
-        items = [_load_item(cfg, i) for i in tqdm(idx, desc="caching MDE outputs", disable=rank != 0)]
+        keys = [_ensure_cached(j) for j in tqdm(jobs, desc="caching MDE outputs", disable=rank != 0)]
+    items = [_load_item(cfg, k) for k in keys]
     train_items = [it for i, it in enumerate(items) if ds.items[i][1] not in val_seeds]
     val_items = [it for i, it in enumerate(items) if ds.items[i][1] in val_seeds]
     return train_items, val_items
