@@ -14,6 +14,7 @@ EXECUTABLES = {
     "evaluate": "evaluate",
     "synth": "synth",
     "replay": "replay",
+    "bench": "bench",
     "train_embedded_mde": "mde.train_embedded",
 }
 
@@ -51,7 +52,7 @@ setup(
         ],
         "test": ["pytest>=7", "catkin_pkg>=1.0"],
         "mde": ["transformers>=4.45"],
-        "onnx": ["onnxruntime>=1.17"],
+        "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
     },
     zip_safe=True,
     maintainer="scalefield_ros maintainers",

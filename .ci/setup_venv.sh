@@ -8,4 +8,4 @@ python3 -m venv "$venv"
 # torch first, pinned: it is the CPU build on this machine's disk; the package's own
 # `torch>=2.1` is then satisfied and pip never pulls a multi-GB CUDA build.
 "$venv/bin/python" -m pip install -q torch==2.13.0
-"$venv/bin/python" -m pip install -q -e ".[ros,test]"
+"$venv/bin/python" -m pip install -q -e ".[ros,test,mde,onnx]"

@@ -133,12 +133,17 @@ def load_items(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[list[_I
     from .data.datasets import open_dataset
 
     seeds = parse_seeds(cfg.seeds)
-    if any(s >= HELD_OUT_SEED for s in seeds):
+    if cfg.data.startswith("synthetic") and any(s >= HELD_OUT_SEED for s in seeds):
         raise ValueError(f"training seeds must be below {HELD_OUT_SEED} (held out for evaluation); got {cfg.seeds}")
     ds = open_dataset(cfg.data, ",".join(map(str, seeds)), tuple(cfg.frames))
-    n_val_seeds = max(1, int(round(len(seeds) * cfg.val_fraction)))
-    val_seeds = set(seeds[-n_val_seeds:])
     idx = list(range(len(ds)))
+    if cfg.data.startswith("synthetic"):  # split by scene, so no scene is in both splits
+        n_val_seeds = max(1, int(round(len(seeds) * cfg.val_fraction)))
+        val_seeds = set(seeds[-n_val_seeds:])
+        is_val = [ds.items[i][1] in val_seeds for i in idx]
+    else:  # file datasets: the last val_fraction of the (sorted) frames
+        n_val = max(1, int(round(len(idx) * cfg.val_fraction)))
+        is_val = [i >= len(idx) - n_val for i in idx]
     from tqdm import tqdm
 
     jobs = [(cfg, i) for i in idx]
@@ -150,8 +155,8 @@ def load_items(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[list[_I
     else:
         keys = [_ensure_cached(j) for j in tqdm(jobs, desc="caching MDE outputs", disable=rank != 0)]
     items = [_load_item(cfg, k) for k in keys]
-    train_items = [it for i, it in enumerate(items) if ds.items[i][1] not in val_seeds]
-    val_items = [it for i, it in enumerate(items) if ds.items[i][1] in val_seeds]
+    train_items = [it for it, v in zip(items, is_val) if not v]
+    val_items = [it for it, v in zip(items, is_val) if v]
     return train_items, val_items
 
 

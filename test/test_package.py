@@ -29,7 +29,7 @@ def test_setup_installs_what_ros2_run_and_launch_need():
     assert "install_scripts=$base/lib/scalefield_ros" in cfg
     assert "share/ament_index/resource_index/packages" in text and (ROOT / "resource/scalefield_ros").is_file()
     assert (ROOT / "launch/align.launch.py").is_file() and (ROOT / "config/align.yaml").is_file()
-    for exe in ("align_node", "demo", "train", "evaluate", "synth", "replay"):
+    for exe in ("align_node", "demo", "train", "evaluate", "synth", "replay", "bench"):
         assert f'"{exe}":' in text, exe
 
 

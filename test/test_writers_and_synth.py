@@ -34,7 +34,8 @@ def test_synth_writes_folder_and_bag(tmp_path, suffix):
     with AnyReader([folder], default_typestore=cv.rosbags_typestore()) as r:
         topics = {c.topic: c.msgtype for c in r.connections}
         assert topics == {"/camera/image_raw": "sensor_msgs/msg/Image", "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
-                          "/lidar/points": "sensor_msgs/msg/PointCloud2", "/ground_truth/depth": "sensor_msgs/msg/Image"}
+                          "/lidar/points": "sensor_msgs/msg/PointCloud2", "/ground_truth/depth": "sensor_msgs/msg/Image",
+                          "/tf_static": "tf2_msgs/msg/TFMessage"}
         seen = {}
         for conn, ts, raw in r.messages():
             msg = r.deserialize(raw, conn.msgtype)
@@ -50,6 +51,14 @@ def test_synth_writes_folder_and_bag(tmp_path, suffix):
     K = cv.camera_info_to_model(seen["/camera/camera_info"][0][1]).K
     assert np.allclose(K, f0.K)
     assert len(seen["/camera/image_raw"]) == 2
+    tf = seen["/tf_static"][0][1].transforms[0]
+    assert (tf.header.frame_id, tf.child_frame_id) == ("camera_optical", "lidar")
+    from scalefield_ros.core.transforms import quaternion_matrix
+
+    T = quaternion_matrix([tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z],
+                          [tf.transform.rotation.x, tf.transform.rotation.y, tf.transform.rotation.z,
+                           tf.transform.rotation.w])
+    assert np.allclose(T, f0.T_cam_lidar, atol=1e-9)
 
 
 def test_bag_suffix_is_checked(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,11 +67,260 @@ class SyntheticDataset:
         )
 
 
+LOADERS = ("synthetic", "kitti", "kitti-object", "nyu", "sun", "folder")
+
+
 def open_dataset(spec: str, seeds: str | None = None, frames: tuple[int, ...] = (0,), path: str | None = None):
-    """A dataset by loader name: ``synthetic:street|indoor|both`` (with ``seeds``)."""
+    """A dataset by loader name.
+
+    ``synthetic:street|indoor|both`` (with ``seeds``); ``kitti:PATH``, ``kitti-object:PATH``,
+    ``nyu:PATH``, ``sun:PATH``, ``folder:PATH`` (or the name with ``path=``).
+    """
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
         if seeds is None:
             raise ValueError("the synthetic dataset needs --seeds, e.g. --seeds 9000-9019")
         return SyntheticDataset(arg or "both", seeds, frames)
-    raise ValueError(f"unknown dataset {spec!r}; available: synthetic:street, synthetic:indoor, synthetic:both")
+    root = arg or path
+    if kind in LOADERS and not root:
+        raise ValueError(f"dataset {kind!r} needs a path: --data {kind}:PATH or --path PATH")
+    if kind == "kitti":
+        return KittiDataset(root)
+    if kind == "kitti-object":
+        return KittiObjectDataset(root)
+    if kind in ("nyu", "sun", "folder"):
+        return FolderDataset(root)
+    raise ValueError(f"unknown dataset {spec!r}; available: synthetic:street|indoor|both, kitti:PATH, "
+                     "kitti-object:PATH, nyu:PATH, sun:PATH, folder:PATH")
+
+
+# --- file-based datasets -----------------------------------------------------------------------
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot read image {path}")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def _read_depth_png(path: Path, scale: float) -> np.ndarray:
+    """uint16 PNG -> metres (``value / scale``); 0 means no depth -> NaN."""
+    import cv2
+
+    d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if d is None or d.dtype != np.uint16:
+        raise ValueError(f"depth {path} is not a 16-bit PNG (got {None if d is None else d.dtype})")
+    out = d.astype(np.float32) / scale
+    out[d == 0] = np.nan
+    return out
+
+
+def _calib_lines(path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if ":" not in line:
+            continue
+        k, v = line.split(":", 1)
+        try:
+            out[k.strip()] = np.array([float(x) for x in v.split()])
+        except ValueError:
+            continue
+    return out
+
+
+def _k_and_offset(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rectified projection P (3 x 4) -> K and the translation it carries (KITTI P2 baseline)."""
+    P = P.reshape(3, 4)
+    K = P[:, :3].copy()
+    t = np.array([P[0, 3] / P[0, 0], P[1, 3] / P[1, 1], P[2, 3]])
+    return K, t
+
+
+def _rigid(M: np.ndarray) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :] = M.reshape(3, 4)
+    return T
+
+
+def _finish(key, rgb, depth, K, max_depth, family, points=None, T=None, labels=None) -> Sample:
+    from ..core.metrics import evaluation_mask
+
+    d = np.nan_to_num(depth, nan=0.0)
+    valid = evaluation_mask(torch.from_numpy(d), max_depth).numpy()
+    return Sample(key=key, rgb=rgb, depth=depth, valid=valid, K=K, max_depth=max_depth, family=family,
+                  labels=labels, points=points, T_cam_lidar=T)
+
+
+class KittiDataset:
+    """KITTI raw / depth-completion drives and the KITTI-like folders ``synth`` writes.
+
+    A drive folder holds ``image_02/data/*.png``; ground truth is
+    ``proj_depth/groundtruth/image_02/<name>.png`` (depth-completion layout, uint16 / 256)
+    or ``proj_depth/groundtruth/<name>.png``; LiDAR is ``velodyne_points/data/<name>.bin``
+    or ``velodyne/<name>.bin`` (float32 x, y, z, r); calibration is ``calib.txt`` (P2,
+    Tr_velo_to_cam) in the folder, or the raw ``calib_cam_to_cam.txt`` (P_rect_02,
+    R_rect_00) + ``calib_velo_to_cam.txt`` (R, T) in it or its parent. ``root`` may hold
+    several drives.
+    """
+
+    def __init__(self, root: str | Path, max_depth: float = 80.0) -> None:
+        root = Path(root)
+        drives = sorted({p.parent.parent.parent for p in root.rglob("image_02/data/*.png")})
+        if not drives:
+            raise FileNotFoundError(f"no KITTI drive (image_02/data/*.png) under {root}")
+        self.items = [(d, p) for d in drives for p in sorted((d / "image_02" / "data").glob("*.png"))]
+        self.max_depth = max_depth
+        self._calib = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def key(self, idx: int) -> str:
+        d, p = self.items[idx]
+        return f"kitti/{d.name}/{p.stem}"
+
+    def calib(self, drive: Path) -> tuple[np.ndarray, np.ndarray]:
+        if drive not in self._calib:
+            if (drive / "calib.txt").is_file():
+                c = _calib_lines(drive / "calib.txt")
+                K, t = _k_and_offset(c["P2"])
+                T = _rigid(c["Tr_velo_to_cam"])
+                R0 = np.eye(4)
+                if "R0_rect" in c:
+                    R0[:3, :3] = c["R0_rect"].reshape(3, 3)
+            else:
+                base = next((d for d in (drive, drive.parent) if (d / "calib_cam_to_cam.txt").is_file()), None)
+                if base is None:
+                    raise FileNotFoundError(f"no calib.txt or calib_cam_to_cam.txt for drive {drive}")
+                cc = _calib_lines(base / "calib_cam_to_cam.txt")
+                vc = _calib_lines(base / "calib_velo_to_cam.txt")
+                K, t = _k_and_offset(cc["P_rect_02"])
+                R0 = np.eye(4)
+                R0[:3, :3] = cc["R_rect_00"].reshape(3, 3)
+                T = np.eye(4)
+                T[:3, :3] = vc["R"].reshape(3, 3)
+                T[:3, 3] = vc["T"]
+            shift = np.eye(4)
+            shift[:3, 3] = t
+            self._calib[drive] = (K, shift @ R0 @ T)
+        return self._calib[drive]
+
+    def __getitem__(self, idx: int) -> Sample:
+        drive, img = self.items[idx]
+        rgb = _read_rgb(img)
+        gt_path = next((p for p in (drive / "proj_depth" / "groundtruth" / "image_02" / img.name,
+                                    drive / "proj_depth" / "groundtruth" / img.name) if p.is_file()), None)
+        depth = _read_depth_png(gt_path, 256.0) if gt_path else np.full(rgb.shape[:2], np.nan, np.float32)
+        velo = next((p for p in (drive / "velodyne_points" / "data" / f"{img.stem}.bin",
+                                 drive / "velodyne" / f"{img.stem}.bin") if p.is_file()), None)
+        pts = np.fromfile(velo, dtype="<f4").reshape(-1, 4) if velo else None
+        K, T = self.calib(drive)
+        labels = None
+        sem = drive / "semantic" / img.name
+        if sem.is_file():
+            import cv2
+
+            labels = cv2.imread(str(sem), cv2.IMREAD_UNCHANGED)
+        return _finish(self.key(idx), rgb, depth, K, self.max_depth, "street", pts, T, labels)
+
+
+class KittiObjectDataset:
+    """KITTI object-detection layout: ``image_2/``, ``velodyne/``, ``calib/`` (P2, R0_rect,
+    Tr_velo_to_cam). No dense ground truth exists: the projected LiDAR is the (sparse) ground
+    truth, so evaluate with LiDAR anchors held out (replay-style) or use it for training input."""
+
+    def __init__(self, root: str | Path, max_depth: float = 80.0) -> None:
+        self.root = Path(root)
+        self.items = sorted((self.root / "image_2").glob("*.png"))
+        if not self.items:
+            raise FileNotFoundError(f"no KITTI object images (image_2/*.png) under {self.root}")
+        self.max_depth = max_depth
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def key(self, idx: int) -> str:
+        return f"kitti-object/{self.items[idx].stem}"
+
+    def __getitem__(self, idx: int) -> Sample:
+        from ..core.anchors import project_points
+
+        img = self.items[idx]
+        rgb = _read_rgb(img)
+        c = _calib_lines(self.root / "calib" / f"{img.stem}.txt")
+        K, t = _k_and_offset(c["P2"])
+        R0 = np.eye(4)
+        R0[:3, :3] = c["R0_rect"].reshape(3, 3)
+        shift = np.eye(4)
+        shift[:3, 3] = t
+        T = shift @ R0 @ _rigid(c["Tr_velo_to_cam"])
+        pts = np.fromfile(self.root / "velodyne" / f"{img.stem}.bin", dtype="<f4").reshape(-1, 4)
+        uv, z = project_points(torch.from_numpy(pts), torch.from_numpy(T), torch.from_numpy(K), rgb.shape[:2])
+        depth = np.full(rgb.shape[:2], np.nan, np.float32)
+        depth[uv[:, 1].long().numpy(), uv[:, 0].long().numpy()] = z.numpy()
+        return _finish(self.key(idx), rgb, depth, K, self.max_depth, "street", pts, T)
+
+
+class FolderDataset:
+    """NYU / SUN RGB-D style and generic folders.
+
+    ``root/rgb/*.png|jpg`` with ``root/depth/<same stem>.png`` (uint16; metres =
+    value / ``depth_scale``, default 1000 = millimetres as NYU/SUN store them) or
+    ``.npy`` (float32 metres), and ``root/intrinsics.yaml``::
+
+        fx: 518.8
+        fy: 519.5
+        cx: 325.6
+        cy: 253.7
+        depth_scale: 1000.0   # optional
+        max_depth: 10.0       # optional evaluation range (default 10)
+
+    Optional ``root/labels/<stem>.png`` (semantic labels, for the region baseline).
+    """
+
+    def __init__(self, root: str | Path, family: str = "indoor") -> None:
+        import yaml
+
+        self.root = Path(root)
+        rgb_dir = next((self.root / d for d in ("rgb", "image", "images") if (self.root / d).is_dir()), None)
+        if rgb_dir is None:
+            raise FileNotFoundError(f"no rgb/ folder under {self.root}")
+        self.items = sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        cfg_path = self.root / "intrinsics.yaml"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} missing: it must give fx, fy, cx, cy (and optionally depth_scale)")
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        missing = [k for k in ("fx", "fy", "cx", "cy") if k not in cfg]
+        if missing:
+            raise ValueError(f"{cfg_path} lacks {missing}")
+        self.K = np.array([[cfg["fx"], 0, cfg["cx"]], [0, cfg["fy"], cfg["cy"]], [0, 0, 1]], np.float64)
+        self.scale = float(cfg.get("depth_scale", 1000.0))
+        self.max_depth = float(cfg.get("max_depth", 10.0))
+        self.family = family
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def key(self, idx: int) -> str:
+        return f"folder/{self.root.name}/{self.items[idx].stem}"
+
+    def __getitem__(self, idx: int) -> Sample:
+        import cv2
+
+        img = self.items[idx]
+        rgb = _read_rgb(img)
+        dpng, dnpy = self.root / "depth" / f"{img.stem}.png", self.root / "depth" / f"{img.stem}.npy"
+        if dpng.is_file():
+            depth = _read_depth_png(dpng, self.scale)
+        elif dnpy.is_file():
+            depth = np.load(dnpy, allow_pickle=False).astype(np.float32)
+        else:
+            raise FileNotFoundError(f"no depth for {img.name}: expected {dpng} or {dnpy}")
+        if depth.shape != rgb.shape[:2]:
+            raise ValueError(f"depth {depth.shape} and image {rgb.shape[:2]} sizes differ for {img.name}")
+        lab = self.root / "labels" / f"{img.stem}.png"
+        labels = cv2.imread(str(lab), cv2.IMREAD_UNCHANGED) if lab.is_file() else None
+        return _finish(self.key(idx), rgb, depth, self.K, self.max_depth, self.family, labels=labels)

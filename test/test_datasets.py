@@ -1,0 +1,121 @@
+"""File dataset loaders (KITTI raw/depth-completion, KITTI object, NYU/SUN/generic folders)."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from scalefield_ros import synth
+from scalefield_ros.core.anchors import project_points
+from scalefield_ros.data.datasets import open_dataset
+from scalefield_ros.data.synthetic import SyntheticWorld
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kitti") / "drive_0001"
+    synth.main(["--world", "street", "--frames", "2", "--seed", "9007", "--out", str(root)])
+    return root, [SyntheticWorld("street", 9007).frame(i) for i in range(2)]
+
+
+def _check_geometry(s, f):
+    ok = np.isfinite(f.depth) & (f.depth < 200)
+    assert np.abs(np.nan_to_num(s.depth)[ok] - f.depth[ok]).max() <= 1 / 512 + 1e-5
+    assert np.allclose(s.K, f.K)
+    uv, z = project_points(torch.from_numpy(s.points), torch.from_numpy(s.T_cam_lidar), torch.from_numpy(s.K),
+                           s.depth.shape)
+    gt = f.depth[uv[:, 1].long().numpy(), uv[:, 0].long().numpy()]
+    good = np.isfinite(gt)
+    assert np.median(np.abs(z.numpy()[good] - gt[good]) / gt[good]) < 0.01
+
+
+def test_kitti_like_folder_from_synth(street):
+    root, frames = street
+    ds = open_dataset(f"kitti:{root.parent}")
+    assert len(ds) == 2
+    s = ds[1]
+    assert np.array_equal(s.rgb, frames[1].rgb) and s.labels is not None
+    _check_geometry(s, frames[1])
+    assert s.valid.sum() > 1000 and not s.valid[np.isnan(s.depth)].any()
+
+
+def test_kitti_raw_calibration_files(street, tmp_path):
+    import shutil
+
+    root, frames = street
+    f = frames[0]
+    drive = tmp_path / "2011_09_26" / "2011_09_26_drive_0001_sync"
+    (drive / "image_02" / "data").mkdir(parents=True)
+    (drive / "proj_depth" / "groundtruth" / "image_02").mkdir(parents=True)
+    (drive / "velodyne_points" / "data").mkdir(parents=True)
+    shutil.copy(root / "image_02/data/000000.png", drive / "image_02/data/0000000000.png")
+    shutil.copy(root / "proj_depth/groundtruth/000000.png", drive / "proj_depth/groundtruth/image_02/0000000000.png")
+    shutil.copy(root / "velodyne/000000.bin", drive / "velodyne_points/data/0000000000.bin")
+    P = np.zeros((3, 4))
+    P[:, :3] = f.K
+    fmt = lambda a: " ".join(f"{v:.12e}" for v in np.ravel(a))  # noqa: E731
+    (drive.parent / "calib_cam_to_cam.txt").write_text(f"P_rect_02: {fmt(P)}\nR_rect_00: {fmt(np.eye(3))}\n")
+    (drive.parent / "calib_velo_to_cam.txt").write_text(
+        f"R: {fmt(f.T_cam_lidar[:3, :3])}\nT: {fmt(f.T_cam_lidar[:3, 3])}\n")
+    s = open_dataset("kitti", path=str(tmp_path))[0]
+    _check_geometry(s, f)
+    assert np.allclose(s.T_cam_lidar, f.T_cam_lidar, atol=1e-9)
+
+
+def test_kitti_object_layout_uses_projected_lidar_as_ground_truth(street, tmp_path):
+    import shutil
+
+    root, frames = street
+    f = frames[0]
+    for d in ("image_2", "velodyne", "calib"):
+        (tmp_path / d).mkdir()
+    shutil.copy(root / "image_02/data/000000.png", tmp_path / "image_2/000123.png")
+    shutil.copy(root / "velodyne/000000.bin", tmp_path / "velodyne/000123.bin")
+    P = np.zeros((3, 4))
+    P[:, :3] = f.K
+    fmt = lambda a: " ".join(f"{v:.12e}" for v in np.ravel(a))  # noqa: E731
+    (tmp_path / "calib/000123.txt").write_text(
+        f"P2: {fmt(P)}\nR0_rect: {fmt(np.eye(3))}\nTr_velo_to_cam: {fmt(f.T_cam_lidar[:3])}\n")
+    s = open_dataset(f"kitti-object:{tmp_path}")[0]
+    known = np.isfinite(s.depth)
+    assert 1000 < known.sum() < 0.2 * known.size
+    rel = np.abs(s.depth[known] - f.depth[known]) / f.depth[known]
+    assert np.nanmedian(rel) < 0.01
+
+
+def test_nyu_style_folder_and_evaluation_on_it(tmp_path):
+    f = SyntheticWorld("indoor", 9008).frame(0, with_lidar=False)
+    for d in ("rgb", "depth", "labels"):
+        (tmp_path / d).mkdir()
+    cv2.imwrite(str(tmp_path / "rgb/a.png"), f.rgb[..., ::-1])
+    mm = np.round(np.nan_to_num(f.depth) * 1000).astype(np.uint16)
+    mm[:5, :5] = 0  # missing depth
+    cv2.imwrite(str(tmp_path / "depth/a.png"), mm)
+    cv2.imwrite(str(tmp_path / "labels/a.png"), f.labels)
+    K = f.K
+    (tmp_path / "intrinsics.yaml").write_text(yaml.safe_dump({"fx": float(K[0, 0]), "fy": float(K[1, 1]),
+                                                              "cx": float(K[0, 2]), "cy": float(K[1, 2])}))
+    s = open_dataset(f"nyu:{tmp_path}")[0]
+    assert np.isnan(s.depth[:5, :5]).all() and not s.valid[:5, :5].any()
+    assert np.nanmax(np.abs(s.depth - f.depth)) <= 0.0005 + 1e-6
+    assert s.max_depth == 10.0 and s.labels is not None
+    from scalefield_ros import evaluate
+
+    doc = evaluate.main(["--data", f"folder:{tmp_path}", "--methods", "basis,global,region", "--regimes", "low",
+                         "--out", str(tmp_path / "ev"), "--figures", "0", "--device", "cpu"])
+    assert doc["methods"]["basis"]["low"]["images"] == 1 and "region" in doc["methods"]
+
+
+def test_clear_errors_for_bad_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no KITTI drive"):
+        open_dataset(f"kitti:{tmp_path}")
+    (tmp_path / "rgb").mkdir()
+    with pytest.raises(FileNotFoundError, match="intrinsics.yaml"):
+        open_dataset(f"folder:{tmp_path}")
+    with pytest.raises(ValueError, match="needs a path"):
+        open_dataset("nyu")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        open_dataset("imagenet:/x")
