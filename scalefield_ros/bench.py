@@ -110,14 +110,18 @@ class Scene:
         return uv, z
 
 
-def build_aligners(device: torch.device, feature_channels: int) -> dict:
+def build_aligners(device: torch.device, feature_channels: int, shipped: bool = True) -> dict:
     from .checkpoints import default_checkpoint
 
     al = {}
-    gens = {8: load_generator(default_checkpoint("low"), device), 30: load_generator(default_checkpoint("medium"), device)}
     torch.manual_seed(0)
-    # No K=50 model ships; an untrained one of the same architecture costs the same.
-    gens[50] = BasisMapGenerator(GeneratorConfig(num_basis=50, feature_channels=feature_channels)).to(device).eval()
+    # Untrained generators of the same architecture cost the same as trained ones: used for
+    # K=50 (none ships) and for every K when the MDE is not the embedded one.
+    gens = {k: BasisMapGenerator(GeneratorConfig(num_basis=k, feature_channels=feature_channels)).to(device).eval()
+            for k in KS}
+    if shipped:
+        gens[8] = load_generator(default_checkpoint("low"), device)
+        gens[30] = load_generator(default_checkpoint("medium"), device)
     for k, g in gens.items():
         al[f"basis-k{k}"] = make("basis", generator=g)
     for name in ("global", "piecewise", "lwlr", "grid", "region"):
@@ -130,9 +134,9 @@ def run(args: argparse.Namespace) -> dict:
 
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    backend = load_backend("embedded", device)
+    backend = load_backend(args.mde, device)
     warm, reps = (1, 3) if args.quick else (3, 15)
-    aligners = build_aligners(device, backend.feature_channels)
+    aligners = build_aligners(device, backend.feature_channels, shipped=args.mde == "embedded")
     points: list[tuple[int, tuple[int, int]]] = [(n, RESOLUTIONS[0]) for n in ANCHORS]
     points += [(500, r) for r in RESOLUTIONS[1:]]
     scenes = {r: Scene(r[0], r[1], backend, device) for r in RESOLUTIONS}
@@ -175,7 +179,8 @@ def run(args: argparse.Namespace) -> dict:
         px = [(w * h, d[f"n500_{w}x{h}"]) for w, h in RESOLUTIONS]
         growth[a] = {"anchors_exponent": float(np.polyfit(np.log([x for x, _ in ns]), np.log([y for _, y in ns]), 1)[0]),
                      "pixels_exponent": float(np.polyfit(np.log([x for x, _ in px]), np.log([y for _, y in px]), 1)[0])}
-    return {"machine": machine(), "device": str(device), "quick": bool(args.quick), "repeats": reps, "warmup": warm,
+    return {"machine": machine(), "device": str(device), "mde": backend.name, "quick": bool(args.quick),
+            "repeats": reps, "warmup": warm,
             "latency_ms": lat, "ratio_to_global": ratio, "spread_ms": spread, "stages_ms": stages,
             "peak_mem_mb": mem, "growth": growth}
 
@@ -221,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 warm-up, 3 repeats (< 3 min on 2 cores)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--mde", default="embedded", help="MDE backend spec (see README); its cost is the mde stage")
     p.add_argument("--out", default="bench_out")
     a = p.parse_args(argv)
     out = Path(a.out)

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--seed", type=int, default=9000, help="scene seed (9000+ are held out from training)")
     p.add_argument("--method", default="basis")
     p.add_argument("--device", default="auto")
+    p.add_argument("--mde", default="embedded", help="MDE backend spec (see README)")
+    p.add_argument("--checkpoint", default="", help="generator checkpoint (default: shipped, for the embedded MDE)")
     a = p.parse_args(argv)
     if a.frames < 1:
         raise SystemExit(f"--frames must be >= 1, got {a.frames}")
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> float:
     world = SyntheticWorld(a.world, a.seed)
     max_depth = MAX_DEPTH[a.world]
     print(f"starting scalefield_align (method={a.method}) and a synthetic {a.world} rig, seed {a.seed} ...", flush=True)
-    rig = LoopbackRig(world_overrides(world, method=a.method, device=a.device, max_depth=max_depth))
+    rig = LoopbackRig(world_overrides(world, method=a.method, device=a.device, max_depth=max_depth,
+                                      mde_backend=a.mde, generator_checkpoint=a.checkpoint))
     rels = []
     last = None
     try:

@@ -190,3 +190,14 @@ def test_bad_parameter_at_start_is_a_clear_error():
             build_node(Node, context=ctx, parameter_overrides=[Parameter("method", value="magic")])
     finally:
         r.shutdown(context=ctx)
+
+
+def test_demo_command(tmp_path, capsys):
+    from scalefield_ros import demo
+
+    mean = demo.main(["--frames", "2", "--out", str(tmp_path), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].startswith("mean AbsRel: ")
+    assert abs(float(out.strip().splitlines()[-1].split(":")[1]) - mean) < 1e-4
+    assert mean < 0.2  # basis with LiDAR anchors on a held-out street (global alignment alone is ~0.3)
+    assert (tmp_path / "demo_strip.png").stat().st_size > 10000
