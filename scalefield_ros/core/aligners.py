@@ -85,6 +85,7 @@ class FitContext:
     features: torch.Tensor | None
     regions: torch.Tensor | None
     watch: _Stopwatch
+    maps: BasisMaps | None = None  # precomputed basis maps (basis only)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -148,6 +149,7 @@ class Aligner:
         features: torch.Tensor | None = None,
         regions: torch.Tensor | None = None,
         anchors_mask: torch.Tensor | None = None,
+        basis_maps: BasisMaps | None = None,
     ) -> AlignmentResult:
         """Align MDE depth to sparse metric anchors.
 
@@ -158,6 +160,8 @@ class Aligner:
             features: optional ``(B, C, h, w)`` MDE intermediate features (``basis``).
             regions: optional ``(B, H, W)`` integer label map (``region``).
             anchors_mask: optional ``(B, N)`` bool for padded anchor batches.
+            basis_maps: generator output computed elsewhere (``basis``; reused across
+                anchor sets by the evaluation); other methods ignore it.
         """
         if not torch.is_tensor(mde_depth):
             mde_depth = torch.as_tensor(mde_depth)
@@ -181,7 +185,7 @@ class Aligner:
                 regions = regions.unsqueeze(0).expand(b, -1, -1)
             if regions.shape != mde.shape:
                 raise ValueError(f"regions must match mde_depth {tuple(mde.shape)}, got {tuple(regions.shape)}")
-        ctx = FitContext(mde, mde_valid, anchors, mde_at, features, regions, watch)
+        ctx = FitContext(mde, mde_valid, anchors, mde_at, features, regions, watch, basis_maps)
         watch.lap("prepare")
 
         counts = anchors.mask.sum(1)
@@ -435,6 +439,21 @@ class RegionAligner(Aligner):
         self.pixel_stride = pixel_stride
         self.min_anchors = self.min_per_region
 
+    def _members(self, lab: torch.Tensor, r: torch.Tensor, uv: torch.Tensor, anchor_label: torch.Tensor,
+                 valid: torch.Tensor, k: int) -> torch.Tensor:
+        """Anchors that fit region r: those inside it, grown to the k nearest when fewer."""
+        inside = valid & (anchor_label == r)
+        if int(inside.sum()) >= k:
+            return inside
+        st = self.pixel_stride
+        pts = torch.nonzero(lab[::st, ::st] == r).flip(1) * st  # (u, v) of a strided subset of its pixels
+        if pts.numel() == 0:  # a region thinner than the stride
+            pts = torch.nonzero(lab == r).flip(1)
+        dist = torch.cdist(uv, pts.double()).min(1).values  # distance to the region's nearest pixel
+        dist = torch.where(inside, torch.zeros_like(dist), dist)
+        dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
+        return valid & (dist <= torch.kthvalue(dist, k).values)
+
     def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
         if ctx.regions is None:
             raise ValueError("the region aligner needs a label map: call fit(..., regions=labels (H, W) int)")
@@ -449,35 +468,17 @@ class RegionAligner(Aligner):
         vv, uu = torch.meshgrid(
             torch.linspace(0, 1, h, device=out.device), torch.linspace(0, 1, w, device=out.device), indexing="ij"
         )
-        st = self.pixel_stride
-        for i in range(b):  # per image: regions differ in number and shape
+        for i in range(b):  # per image: regions differ in number and shape (loops are over regions, not pixels)
             lab = ctx.regions[i].long()
             labels = torch.unique(lab)
             labels = labels[labels >= 0]
-            if labels.numel() == 0 or int(a.mask[i].sum()) < 2:
+            n_ok = int(a.mask[i].sum())
+            if labels.numel() == 0 or n_ok < 2:
                 continue
-            members = []
-            sub = lab[::st, ::st]
-            sv, su = torch.meshgrid(
-                torch.arange(0, h, st, device=out.device), torch.arange(0, w, st, device=out.device), indexing="ij"
-            )
-            apts = a.uv[i].double()
-            big = torch.tensor(float("inf"), device=out.device, dtype=torch.float64)
-            for r in labels:
-                sel = sub == r
-                if not bool(sel.any()):
-                    sel = lab == r
-                    pts = torch.stack([torch.nonzero(sel)[:, 1], torch.nonzero(sel)[:, 0]], 1).double()
-                else:
-                    pts = torch.stack([su[sel], sv[sel]], 1).double()
-                dist = torch.cdist(apts, pts).min(1).values
-                ai = a.uv[i].round().long()
-                inside = lab[ai[:, 1].clamp(0, h - 1), ai[:, 0].clamp(0, w - 1)] == r
-                dist = torch.where(inside, torch.zeros_like(dist), dist)
-                dist = torch.where(a.mask[i], dist, big)
-                k = min(self.min_per_region, int(a.mask[i].sum()))
-                kth = torch.kthvalue(dist, k).values if k > 0 else big
-                members.append(a.mask[i] & ((dist == 0) | (dist <= kth)))
+            ai = a.uv[i].round().long()
+            anchor_label = lab[ai[:, 1].clamp(0, h - 1), ai[:, 0].clamp(0, w - 1)]
+            k = min(self.min_per_region, n_ok)
+            members = [self._members(lab, r, a.uv[i].double(), anchor_label, a.mask[i], k) for r in labels]
             mem = torch.stack(members)  # (R, N)
             R = mem.shape[0]
             wts = ridge_solve(design[i].expand(R, -1, -1), a.depth[i].double().expand(R, -1), mem, self.ridge)
@@ -519,17 +520,8 @@ class BasisAligner(Aligner):
         self.ridge = ridge
         self.min_anchors = 1
 
-    def fit(self, mde_depth, anchors_uv, anchors_depth, *, features=None, regions=None, anchors_mask=None,
-            basis_maps: BasisMaps | None = None) -> AlignmentResult:  # noqa: D102 - see Aligner.fit
-        self._maps = basis_maps
-        try:
-            return super().fit(mde_depth, anchors_uv, anchors_depth, features=features, regions=regions,
-                               anchors_mask=anchors_mask)
-        finally:
-            self._maps = None
-
     def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self._maps
+        maps = ctx.maps
         if maps is None:
             gen = self.generator
             dev = next(gen.parameters()).device
