@@ -28,6 +28,9 @@ except ImportError:  # pragma: no cover - depends on the machine
     message_filters = None
 
 NODE_NAME = "scalefield_align"
+#: An image older than the last one taken by at most this much is out of order and skipped;
+#: a larger jump back is a bag loop or clock reset and restarts the stream.
+STALE_WINDOW_NS = 5_000_000_000
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ def build_node(node_cls, **node_kwargs):
             self.frames_dropped = 0
             self.frames_skipped = 0
             self._warned_distortion = False
+            self._last_stamp: int | None = None
             self._worker = threading.Thread(target=self._work, name="scalefield_worker", daemon=True)
             self._worker.start()
             self.get_logger().info(
@@ -201,6 +205,14 @@ def build_node(node_cls, **node_kwargs):
             return cb
 
         def _on_synced(self, img, info, cloud) -> None:
+            stamp = cv.stamp_ns(img.header)
+            if self._last_stamp is not None and stamp <= self._last_stamp:
+                if self._last_stamp - stamp <= STALE_WINDOW_NS:
+                    return self._skip(img.header, f"stale stamp: {(self._last_stamp - stamp) / 1e9:.3f} s older than "
+                                                  "the last frame taken (out of order)")
+                self.get_logger().warning("time went backwards by more than 5 s (bag loop or clock reset); "
+                                          "accepting the new stamps")
+            self._last_stamp = stamp
             with self._lock:
                 if self._latest is not None:
                     self.frames_dropped += 1  # the worker never got to it: newest wins
@@ -308,13 +320,19 @@ def build_node(node_cls, **node_kwargs):
 
 def main(args: list[str] | None = None) -> None:
     import rclpy
+    import rclpy.logging
     from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
 
     rclpy.init(args=args)
     node = None
     try:
-        node = build_node(Node)
+        try:
+            node = build_node(Node)
+        except (ValueError, FileNotFoundError, ImportError, TypeError) as exc:
+            # bad parameters, a missing or corrupt checkpoint/model: say so and exit non-zero
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+            raise SystemExit(1) from None
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -117,6 +117,17 @@ def test_stamps_far_apart_are_never_aligned(harness):
     assert not h.wait_for(lambda: len(h.depth) > n, 2.0)
 
 
+def test_out_of_order_frame_is_skipped_as_stale(harness):
+    h = harness
+    n = len(h.depth)
+    base = FRAMES[0].stamp_ns + 40_000_000_000
+    assert _send_and_wait(h, FRAMES[0], n, stamp_ns=base)
+    n_diag, n = len(h.diag), len(h.depth)
+    h.publish(FRAMES[1], stamp_ns=base - 1_000_000_000)
+    assert h.wait_for(lambda: any("stale stamp" in m for m in h.diag_messages()[n_diag:]), 10.0)
+    assert len(h.depth) == n
+
+
 def test_runtime_parameters_are_validated_and_applied(harness):
     node = harness.node
     res = node.set_parameters([Parameter("method", value="nope")])
@@ -183,6 +194,20 @@ def test_compressed_images():
         assert depth_metrics(torch.from_numpy(d), gt, evaluation_mask(gt, 10.0))["abs_rel"] < 0.35
     finally:
         h.close()
+
+
+def test_node_executable_exits_cleanly_on_a_corrupt_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "gen.safetensors"
+    bad.write_bytes(b"junk" * 10)
+    (tmp_path / "gen.json").write_text('{"config": {"num_basis": 8, "feature_channels": 32}}')
+    r = subprocess.run([sys.executable, "-m", "scalefield_ros.align_node", "--ros-args", "-p",
+                        f"generator_checkpoint:={bad}", "-p", "device:=cpu"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1
+    assert "cannot start" in r.stderr and "corrupt" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_parameter_at_start_is_a_clear_error():

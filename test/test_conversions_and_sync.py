@@ -97,3 +97,15 @@ def test_sync_matches_nearest_within_slop_and_drops_unmatchable():
     assert out[-1] == ("img2", "info2", "cloud200")
     with pytest.raises(ValueError):
         ApproxTimeSync(1, 5, 0.1, print)
+
+
+def test_sync_recovers_when_time_goes_back():
+    out = []
+    s = ApproxTimeSync(3, 10, 0.02, lambda *m: out.append(m))
+    s_ = 1_000_000_000
+    s.add(0, "img50", 50 * s_)
+    s.add(1, "info50", 50 * s_)
+    s.add(2, "cloud52", 52 * s_)  # unmatched leftovers of the old timeline
+    for i, name in enumerate(("img", "info", "cloud")):
+        s.add(i, f"{name}40", 40 * s_)
+    assert out == [("img40", "info40", "cloud40")]

@@ -24,10 +24,20 @@ class ApproxTimeSync:
         self.slop_ns = int(slop_s * 1e9)
         self.callback = callback
         self.dropped = 0  # pivot messages that never found partners
+        self.newest: list[int | None] = [None] * streams  # latest stamp seen per stream
 
     def add(self, stream: int, msg: Any, stamp_ns: int) -> None:
         q = self.queues[stream]
+        last = self.newest[stream]
+        if last is not None and stamp_ns < last - self.slop_ns:
+            # Time went back (bag loop, clock reset): what is queued belongs to the old timeline.
+            for i, other in enumerate(self.queues):
+                kept = [m for m in other if m[0] <= stamp_ns + self.slop_ns and other is not q]
+                other.clear()
+                other.extend(kept)
+                self.newest[i] = max((m[0] for m in kept), default=None)
         q.append((stamp_ns, msg))
+        self.newest[stream] = max(stamp_ns, self.newest[stream] or stamp_ns)
         while len(q) > self.queue_size:
             q.popleft()
             if stream == 0:
@@ -53,8 +63,9 @@ class ApproxTimeSync:
                 self.callback(*msgs)
                 continue
             # Unmatched: drop the pivot when a stream without a partner in slop has already
-            # moved past it (stamps only grow); otherwise wait for more messages.
-            if any(abs(q[i][0] - t0) > self.slop_ns and q[-1][0] > t0 + self.slop_ns
+            # moved past it (stamps normally grow; max() keeps this true after a jump back in
+            # time); otherwise wait for more messages.
+            if any(abs(q[i][0] - t0) > self.slop_ns and max(m[0] for m in q) > t0 + self.slop_ns
                    for q, i in zip(self.queues[1:], chosen)):
                 pivot.popleft()
                 self.dropped += 1
