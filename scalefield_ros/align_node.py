@@ -12,7 +12,6 @@ takes only the newest frame and counts the ones it skipped; no backlog builds up
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 

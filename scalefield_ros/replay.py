@@ -402,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
             bagw.close()
         frames.close()
     error = error or frames.error
-    doc = writer.finish({"bag": str(bag), "ground_truth": mode, "frames_synced": n_frames,
+    writer.finish({"bag": str(bag), "ground_truth": mode, "frames_synced": n_frames,
                          "frames_dropped_by_sync": frames.dropped, "error": error})
     print((Path(args.out) / "summary.md").read_text())
     if error:
@@ -517,7 +517,7 @@ def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
             writer.add(cv.stamp_ns(msg.header), methods[0], anchors, met, 1000 * (rig.received_at[-1] - sent), "")
     finally:
         rig.close()
-    doc = writer.finish({"bag": str(frames.bag), "ground_truth": "gt-topic", "mode": "live", "error": frames.error})
+    writer.finish({"bag": str(frames.bag), "ground_truth": "gt-topic", "mode": "live", "error": frames.error})
     print((Path(args.out) / "summary.md").read_text())
     return 2 if frames.error else 0
 

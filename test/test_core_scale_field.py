@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scalefield_ros.core import losses
-from scalefield_ros.core.generator import BasisMapGenerator, GeneratorConfig, load_generator, save_generator
+from scalefield_ros.core.generator import BasisMapGenerator, load_generator, save_generator
 from scalefield_ros.core.scale_field import ScaleField, ridge_solve, sample_maps, spectral_stats
 
 

@@ -1,6 +1,5 @@
 """File dataset loaders (KITTI raw/depth-completion, KITTI object, NYU/SUN/generic folders)."""
 
-import json
 
 import cv2
 import numpy as np

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +58,6 @@ def test_offline_and_live_replay_agree(bags, tmp_path):
 
 
 def test_held_out_lidar_is_never_used_as_anchors(bags, tmp_path, frames):
-    import torch
 
     from scalefield_ros.pipeline import MetricDepthPipeline, PipelineConfig
 
@@ -137,7 +135,6 @@ def test_missing_topic_is_named(bags, tmp_path, capsys):
 
 
 def test_mismatched_frame_ids(tmp_path, frames, capsys):
-    import copy
 
     from rosbags.rosbag2 import StoragePlugin, Writer
 

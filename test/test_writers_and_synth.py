@@ -1,6 +1,5 @@
 """synth CLI: KITTI-like folder and rosbag2 (.mcap and .db3) read back with rosbags."""
 
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -60,6 +60,3 @@ class FeatureCache:
         os.replace(tmp, p)
         return tensors["depth"], tensors["features"]
 
-
-def as_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.float().numpy()
