@@ -50,7 +50,7 @@ setup(
             "ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-geometry-msgs",
             "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp",
         ],
-        "test": ["pytest>=7", "catkin_pkg>=1.0", "colcon-common-extensions>=0.3"],
+        "test": ["pytest>=7", "catkin_pkg>=1.0", "colcon-common-extensions>=0.3", "ruff>=0.4"],
         "mde": ["transformers>=4.45"],
         "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
     },

@@ -92,3 +92,15 @@ def test_colcon_build_installs_what_a_robot_needs(tmp_path):
     models = list(inst.glob("lib/python3*/site-packages/scalefield_ros/models/*.safetensors"))
     assert {m.name for m in models} >= {"embedded_mde.safetensors", "generator_k8_low.safetensors",
                                         "generator_k30_medium.safetensors"}
+
+
+def test_lint_pyflakes_and_syntax():
+    """Linters as tests (as ros2/examples do): no undefined names, unused imports or syntax errors."""
+    import shutil
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed")
+    r = subprocess.run([ruff, "check", "--select", "F,E9", "--line-length", "120", "--output-format", "concise",
+                        "scalefield_ros", "test", "launch"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:]
