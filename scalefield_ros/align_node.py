@@ -215,6 +215,9 @@ def build_node(node_cls, **node_kwargs):
             with self._lock:
                 if self._latest is not None:
                     self.frames_dropped += 1  # the worker never got to it: newest wins
+                    self.get_logger().warning(
+                        f"alignment is slower than the sensors: dropped {self.frames_dropped} stale frame(s) so far "
+                        "(newest frame wins, no backlog)", throttle_duration_sec=5.0)
                 self._latest = (img, info, cloud)
                 self.frames_in += 1
                 self._lock.notify()
