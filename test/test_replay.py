@@ -156,3 +156,32 @@ def test_mismatched_frame_ids(tmp_path, frames, capsys):
                 w.write(conns[k], f.stamp_ns, ts.serialize_cdr(m, kinds[k]))
     assert replay.main([str(tmp_path / "ids"), "--methods", "global", "--out", str(tmp_path / "o")]) == 2
     assert "mismatched frame ids" in capsys.readouterr().err
+
+
+def test_compressed_image_topic_is_used_when_only_it_exists(tmp_path, frames):
+    import cv2
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from scalefield_ros.data.writers import frame_messages, tf_static_message
+    from scalefield_ros.ros import conversions as cv
+
+    ts = cv.rosbags_typestore()
+    types = cv.rosbags_types(ts)
+    with Writer(tmp_path / "cbag", version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c_img = w.add_connection("/camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts)
+        c_info = w.add_connection("/camera/camera_info", "sensor_msgs/msg/CameraInfo", typestore=ts)
+        c_pts = w.add_connection("/lidar/points", "sensor_msgs/msg/PointCloud2", typestore=ts)
+        c_tf = w.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=ts)
+        w.write(c_tf, frames[0].stamp_ns, ts.serialize_cdr(tf_static_message(ts, frames[0]), "tf2_msgs/msg/TFMessage"))
+        for f in frames[:2]:
+            m = frame_messages(types, f)
+            _, buf = cv2.imencode(".png", f.rgb[..., ::-1])
+            img = types.CompressedImage(header=m["image"].header, format="png",
+                                        data=np.frombuffer(buf.tobytes(), np.uint8))
+            w.write(c_img, f.stamp_ns, ts.serialize_cdr(img, "sensor_msgs/msg/CompressedImage"))
+            w.write(c_info, f.stamp_ns, ts.serialize_cdr(m["camera_info"], "sensor_msgs/msg/CameraInfo"))
+            w.write(c_pts, f.stamp_ns, ts.serialize_cdr(m["points"], "sensor_msgs/msg/PointCloud2"))
+    assert replay.main([str(tmp_path / "cbag"), "--methods", "basis", "--out", str(tmp_path / "o")]) == 0
+    doc = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert doc["ground_truth"].startswith("holdout") and doc["methods"]["basis"]["frames"] == 2
+    assert doc["methods"]["basis"]["abs_rel"] < 0.2  # scored on held-out LiDAR points
