@@ -66,6 +66,19 @@ PARAMS: tuple[Param, ...] = (
 PARAM_DEFAULTS = {p.name: p.default for p in PARAMS}
 
 
+def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
+    """The pipeline settings a set of node parameters means (missing ones take the node's defaults).
+
+    Replay builds its pipeline through this too, so offline numbers are the node's numbers.
+    """
+    v = {**PARAM_DEFAULTS, **params}
+    return PipelineConfig(
+        method=v["method"], mde=v["mde_backend"], checkpoint=v["generator_checkpoint"],
+        generator_regime=v["generator_regime"], ridge=v["ridge_lambda"], min_anchors=v["min_anchors"],
+        below_min_anchors=v["below_min_anchors"], max_depth=v["max_depth"],
+        occlusion_kernel=v["occlusion_kernel"], device=v["device"])
+
+
 def validate_param(name: str, value: Any) -> str | None:
     """None when ``value`` is acceptable for ``name``, else the reason."""
     if name == "method" and value not in PIPELINE_METHODS:
@@ -107,11 +120,7 @@ def build_node(node_cls, **node_kwargs):
                 if err:
                     raise ValueError(f"parameter {err}")
             self.types = cv.rclpy_types()
-            self.pipeline = MetricDepthPipeline(PipelineConfig(
-                method=v["method"], mde=v["mde_backend"], checkpoint=v["generator_checkpoint"],
-                generator_regime=v["generator_regime"], ridge=v["ridge_lambda"], min_anchors=v["min_anchors"],
-                below_min_anchors=v["below_min_anchors"], max_depth=v["max_depth"],
-                occlusion_kernel=v["occlusion_kernel"], device=v["device"]))
+            self.pipeline = MetricDepthPipeline(pipeline_config(v))
             self.T_param = quaternion_matrix(v["extrinsic_translation"], v["extrinsic_rotation"])
             self.publish_color = v["publish_color"]
             self.add_on_set_parameters_callback(self._on_params)
@@ -264,20 +273,12 @@ def build_node(node_cls, **node_kwargs):
 
         def _process(self, img, info, cloud) -> None:
             try:
-                rgb = cv.compressed_to_array(img) if self.compressed else cv.image_to_array(img)
-                cam = cv.camera_info_to_model(info)
-                pts = cv.cloud_to_xyz(cloud)
+                frame = cv.decode_frame(img, info, cloud, self.compressed)
             except cv.ConversionError as exc:
                 return self._skip(img.header, str(exc))
-            if rgb.ndim != 3:
-                return self._skip(img.header, f"image encoding {getattr(img, 'encoding', '?')} is not a colour/mono image")
-            total = int(cloud.width) * int(cloud.height)
-            if len(pts) == 0:
-                return self._skip(img.header, "empty point cloud" if total == 0 else
-                                  f"point cloud has no finite points ({total} points, all NaN/inf)")
-            h, w = rgb.shape[:2]
-            if (cam.width, cam.height) != (w, h):
-                return self._skip(img.header, f"image is {w}x{h} but CameraInfo says {cam.width}x{cam.height}")
+            if frame.cloud_problem:
+                return self._skip(img.header, frame.cloud_problem)
+            rgb, cam, pts = frame.rgb, frame.camera, frame.points
             if np.any(cam.distortion) and not self._warned_distortion:
                 self._warned_distortion = True
                 self.get_logger().warning("CameraInfo has non-zero distortion D: this node assumes a rectified "

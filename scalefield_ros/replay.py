@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align_node import PARAM_DEFAULTS
+from .align_node import PARAM_DEFAULTS, pipeline_config
 from .core.metrics import depth_metrics, evaluation_mask
 from .core.transforms import quaternion_matrix
-from .pipeline import PIPELINE_METHODS, MetricDepthPipeline, PipelineConfig
+from .pipeline import PIPELINE_METHODS, MetricDepthPipeline
 from .ros import conversions as cv
 from .ros.sync import ApproxTimeSync
 
@@ -374,10 +374,8 @@ def run(args: argparse.Namespace) -> int:
             return run_live(args, frames, methods, fallback_T)
         finally:
             frames.close()
-    cfg = PipelineConfig(method=methods[0], mde=args.mde, checkpoint=args.checkpoint, device=args.device,
-                         min_anchors=PARAM_DEFAULTS["min_anchors"], occlusion_kernel=PARAM_DEFAULTS["occlusion_kernel"],
-                         generator_regime=PARAM_DEFAULTS["generator_regime"])
-    pipe = MetricDepthPipeline(cfg)
+    pipe = MetricDepthPipeline(pipeline_config({"method": methods[0], "mde_backend": args.mde,
+                                                "generator_checkpoint": args.checkpoint, "device": args.device}))
     writer = ResultWriter(Path(args.out))
     bagw = BagWriter(Path(args.write_bag)) if args.write_bag else None
     mode = "gt-topic" if frames.gt_topic else f"holdout {args.holdout:.0%} of LiDAR"
@@ -417,16 +415,13 @@ def run(args: argparse.Namespace) -> int:
 def evaluate_frame(pipe: MetricDepthPipeline, frames: BagFrames, fs: FrameSet, methods: list[str], args,
                    fallback_T) -> dict:
     """Align one synchronised frame with every method and score it."""
-    rgb = cv.compressed_to_array(fs.image) if fs.compressed else cv.image_to_array(fs.image)
-    cam = cv.camera_info_to_model(fs.info)
+    frame = cv.decode_frame(fs.image, fs.info, fs.cloud, fs.compressed)
+    rgb, cam, pts = frame.rgb, frame.camera, frame.points
     cam_frame = fs.image.header.frame_id or cam.frame_id
     if cam.frame_id and fs.image.header.frame_id and cam.frame_id != fs.image.header.frame_id:
         raise ReplayError(f"mismatched frame ids: image is in {fs.image.header.frame_id!r}, "
                           f"CameraInfo in {cam.frame_id!r}")
-    if (cam.width, cam.height) != (rgb.shape[1], rgb.shape[0]):
-        raise ReplayError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but CameraInfo says {cam.width}x{cam.height}")
     T = frames.extrinsic(cam_frame, fs.cloud.header.frame_id, fallback_T)
-    pts = cv.cloud_to_xyz(fs.cloud)
     t0 = time.perf_counter()
     uv, z, reason = pipe.project(pts, cam.K, T, rgb.shape[:2])
     t_proj = time.perf_counter() - t0

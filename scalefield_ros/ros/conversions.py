@@ -148,6 +148,37 @@ def camera_info_to_model(msg: Any) -> CameraModel:
                        str(msg.distortion_model), str(msg.header.frame_id))
 
 
+@dataclass
+class SensorFrame:
+    """A synchronised image + CameraInfo + cloud, decoded and checked against each other."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    camera: CameraModel
+    points: np.ndarray  # (N, 3) finite xyz in the cloud's frame
+    cloud_problem: str  # "" or why the cloud gives no anchors (empty / all non-finite)
+
+
+def decode_frame(image: Any, info: Any, cloud: Any, compressed: bool = False) -> SensorFrame:
+    """Decode one synchronised frame as the node and replay both need it.
+
+    Raises:
+        ConversionError: undecodable messages, a depth-type image encoding, or an image
+            whose size differs from the CameraInfo's.
+    """
+    rgb = compressed_to_array(image) if compressed else image_to_array(image)
+    if rgb.ndim != 3:
+        raise ConversionError(f"image encoding {getattr(image, 'encoding', '?')} is not a colour/mono image")
+    cam = camera_info_to_model(info)
+    h, w = rgb.shape[:2]
+    if (cam.width, cam.height) != (w, h):
+        raise ConversionError(f"image is {w}x{h} but CameraInfo says {cam.width}x{cam.height}")
+    pts = cloud_to_xyz(cloud)
+    total = int(cloud.width) * int(cloud.height)
+    problem = "" if len(pts) else ("empty point cloud" if total == 0 else
+                                   f"point cloud has no finite points ({total} points, all NaN/inf)")
+    return SensorFrame(rgb, cam, pts, problem)
+
+
 # --- writers ---------------------------------------------------------------------------------
 
 
