@@ -43,10 +43,16 @@ class Param:
 PARAMS: tuple[Param, ...] = (
     Param("method", "basis", f"aligner: one of {', '.join(PIPELINE_METHODS)}", True),
     Param("device", "auto", "torch device: auto (CUDA when available), cpu, cuda, cuda:1"),
+    Param("torch_threads", 0, "torch CPU threads; 0 = automatic, max(1, min(4, cores // 2))"),
     Param("mde_backend", "embedded", "MDE backend: embedded, embedded:PATH or package.module:Class"),
     Param("generator_checkpoint", "", "basis generator checkpoint (.safetensors with .json); empty = shipped"),
     Param("generator_regime", "medium", "which shipped generator when no checkpoint: low (K=8) or medium (K=30)"),
-    Param("ridge_lambda", 0.001, "ridge lambda of the basis weight solve (eq 14), > 0", True),
+    Param("allow_mde_mismatch", False, "run a generator checkpoint trained for another MDE than mde_backend "
+          "(refused by default; logged when allowed)"),
+    Param("ridge_policy", "gcv", "basis weight solve: gcv (lambda chosen per frame by generalised "
+          "cross-validation, reported in diagnostics) or fixed (ridge_lambda, the paper's eq 14)", True),
+    Param("ridge_lambda", 0.001, "fixed ridge lambda of the basis weight solve (eq 14) when ridge_policy is "
+          "fixed, 0 < lambda <= 100", True),
     Param("min_anchors", 3, "fewer projected anchors than this -> below_min_anchors policy, >= 1", True),
     Param("below_min_anchors", "global", "policy under min_anchors: global (scale fit) or skip", True),
     Param("max_depth", 0.0, "depths beyond this (m) are published as +inf (REP 118); 0 = no limit", True),
@@ -74,17 +80,22 @@ def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
     v = {**PARAM_DEFAULTS, **params}
     return PipelineConfig(
         method=v["method"], mde=v["mde_backend"], checkpoint=v["generator_checkpoint"],
-        generator_regime=v["generator_regime"], ridge=v["ridge_lambda"], min_anchors=v["min_anchors"],
+        generator_regime=v["generator_regime"],
+        ridge="gcv" if v["ridge_policy"] == "gcv" else v["ridge_lambda"], min_anchors=v["min_anchors"],
         below_min_anchors=v["below_min_anchors"], max_depth=v["max_depth"],
-        occlusion_kernel=v["occlusion_kernel"], device=v["device"])
+        occlusion_kernel=v["occlusion_kernel"], device=v["device"], allow_mde_mismatch=v["allow_mde_mismatch"])
 
 
 def validate_param(name: str, value: Any) -> str | None:
     """None when ``value`` is acceptable for ``name``, else the reason."""
     if name == "method" and value not in PIPELINE_METHODS:
         return f"method must be one of {PIPELINE_METHODS}, got {value!r}"
-    if name == "ridge_lambda" and not (isinstance(value, float) and value > 0):
-        return f"ridge_lambda must be a float > 0, got {value!r}"
+    if name == "ridge_lambda" and not (isinstance(value, float) and 0 < value <= 100):
+        return f"ridge_lambda must be a float in (0, 100], got {value!r}"
+    if name == "ridge_policy" and value not in ("gcv", "fixed"):
+        return f"ridge_policy must be gcv or fixed, got {value!r}"
+    if name == "torch_threads" and not (isinstance(value, int) and value >= 0):
+        return f"torch_threads must be an integer >= 0 (0 = automatic), got {value!r}"
     if name == "min_anchors" and not (isinstance(value, int) and value >= 1):
         return f"min_anchors must be an integer >= 1, got {value!r}"
     if name == "max_depth" and not (isinstance(value, float) and value >= 0):
@@ -120,6 +131,9 @@ def build_node(node_cls, **node_kwargs):
                 if err:
                     raise ValueError(f"parameter {err}")
             self.types = cv.rclpy_types()
+            from .threads import set_threads
+
+            set_threads(v["torch_threads"])
             self.pipeline = MetricDepthPipeline(pipeline_config(v))
             self.T_param = quaternion_matrix(v["extrinsic_translation"], v["extrinsic_rotation"])
             self.publish_color = v["publish_color"]
@@ -197,7 +211,12 @@ def build_node(node_cls, **node_kwargs):
                         return SetParametersResult(successful=False, reason=f"cannot switch to {p.value}: {exc}")
                     cfg.method = p.value
                 elif p.name == "ridge_lambda":
-                    cfg.ridge = p.value
+                    if cfg.ridge != "gcv":
+                        cfg.ridge = p.value
+                    self._ridge_lambda = p.value
+                elif p.name == "ridge_policy":
+                    cfg.ridge = "gcv" if p.value == "gcv" else getattr(
+                        self, "_ridge_lambda", self.get_parameter("ridge_lambda").value)
                 elif p.name == "min_anchors":
                     cfg.min_anchors = p.value
                 elif p.name == "below_min_anchors":
@@ -308,6 +327,8 @@ def build_node(node_cls, **node_kwargs):
             if out is not None:
                 values.update({f"latency_{k}_ms": f"{1000 * s:.2f}" for k, s in out.timings.items()})
                 values.update(anchors=out.anchors, log_residual=f"{out.residual:.4f}", fallback=out.fallback or "none")
+                if out.ridge_lambda == out.ridge_lambda:  # basis only (NaN for the other methods)
+                    values["ridge_lambda"] = f"{out.ridge_lambda:.3g}"
                 if out.fallback:
                     level, message = DiagnosticStatus.WARN, f"fallback: {out.fallback}"
             else:

@@ -39,6 +39,7 @@ import torch
 from .core import make
 from .core.anchors import project_points
 from .core.generator import BasisMapGenerator, GeneratorConfig, load_generator
+from .threads import add_threads_argument, set_threads
 
 RESOLUTIONS = [(640, 192), (1216, 352), (1280, 720)]
 ANCHORS = [10, 100, 500, 2000]
@@ -228,7 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--mde", default="embedded", help="MDE backend spec (see README); its cost is the mde stage")
     p.add_argument("--out", default="bench_out")
+    add_threads_argument(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = run(a)

@@ -16,6 +16,8 @@ def default_checkpoint(regime: str = "low") -> Path:
     """Path (without suffix) of the shipped generator for an anchor regime."""
     if regime.startswith("drop"):
         regime = "low"
+    elif regime.startswith("rings"):  # LiDAR patterns: the node's generator
+        regime = "medium"
     name = GENERATORS.get(regime)
     if name is None:
         raise ValueError(f"no shipped generator for regime {regime!r}; choose one of {sorted(GENERATORS)}")
@@ -26,3 +28,38 @@ def default_checkpoint(regime: str = "low") -> Path:
             "`python -m scalefield_ros.train` and pass checkpoint=..."
         )
     return path
+
+
+class MDEMismatchError(ValueError):
+    """A generator checkpoint was trained for another MDE than the one it is asked to run on."""
+
+
+def check_generator_mde(config, backend, allow_mismatch: bool = False, log=None, what: str = "generator") -> None:
+    """Refuse a generator trained for another MDE (DESIGN.md: a generator is only valid for its MDE).
+
+    The feature channel count must always match (the network cannot run otherwise). The
+    recorded backend identity (``mde_name``: network and weights digest) must equal the
+    backend's ``name`` unless ``allow_mismatch``, which logs the mismatch instead (through
+    ``log``, a callable taking one line, or a warning).
+    """
+    import warnings
+
+    say = log or (lambda line: warnings.warn(line, stacklevel=3))
+    name = str(getattr(backend, "name", ""))
+    chans = int(getattr(backend, "feature_channels", -1))
+    if config.feature_channels and chans != config.feature_channels:
+        raise MDEMismatchError(
+            f"{what} expects MDE features with {config.feature_channels} channels (trained for {config.mde_name or config.mde!r}) "
+            f"but the MDE backend {name!r} gives {chans}; train a generator for this MDE with "
+            "`python -m scalefield_ros.train --mde ...`")
+    if not config.mde_name:
+        say(f"{what} records no MDE identity (an old checkpoint); it was trained with --mde {config.mde!r} "
+            f"and now runs on {name!r}: retrain or re-save it to get this check")
+        return
+    if config.mde_name != name:
+        line = (f"{what} was trained for MDE {config.mde_name!r} but runs on {name!r}; its basis maps are only "
+                "valid for the network (and weights) they were trained with")
+        if not allow_mismatch:
+            raise MDEMismatchError(line + ": train one for this MDE, or pass the explicit override "
+                                   "(--allow-mde-mismatch / allow_mde_mismatch:=true) at your own risk")
+        say("OVERRIDE: " + line)

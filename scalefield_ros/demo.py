@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from .threads import add_threads_argument, set_threads
 
 
 def save_strip(path: Path, frame, depth: np.ndarray, scale: np.ndarray, max_depth: float) -> None:
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--device", default="auto")
     p.add_argument("--mde", default="embedded", help="MDE backend spec (see README)")
     p.add_argument("--checkpoint", default="", help="generator checkpoint (default: shipped, for the embedded MDE)")
+    add_threads_argument(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     if a.frames < 1:
         raise SystemExit(f"--frames must be >= 1, got {a.frames}")
 

@@ -27,14 +27,19 @@ import torch
 
 from .checkpoints import MODELS_DIR, default_checkpoint
 from .core import make
-from .core.anchors import DROP_COUNTS, REGIMES, drop_anchor_sets, grid_candidates, choose_anchors
+from .core.anchors import DROP_COUNTS, REGIMES, drop_anchor_sets, grid_candidates, choose_anchors, project_points
+from .core.rings import RING_COUNTS, ring_regime, thin_to_rings
 from .core.generator import load_generator
 from .core.metrics import depth_metrics
 from .core.scale_field import spectral_stats
+from .data.datasets import DATA_SPECS, describe, subset
+from .mde.backends import BACKEND_SPECS
+from .threads import add_threads_argument, set_threads
 
 METHODS = ["basis", "global", "piecewise", "lwlr", "grid", "region", "basis-f0"]
 DROP_REGIMES = [f"drop{n}" for n in DROP_COUNTS]
-METRIC_KEYS = ("abs_rel", "delta1", "rmse", "sq_rel", "delta2", "delta3")
+RING_REGIMES = [f"rings{n}" for n in RING_COUNTS]
+METRIC_KEYS = ("abs_rel", "delta1", "rmse", "sq_rel", "delta2", "delta3", "coverage")
 
 
 def parse_regimes(text: str) -> list[str]:
@@ -43,15 +48,41 @@ def parse_regimes(text: str) -> list[str]:
         r = r.strip()
         if r == "drop":
             out += DROP_REGIMES
-        elif r in REGIMES or r in DROP_REGIMES:
+        elif r == "rings":
+            out += RING_REGIMES
+        elif r in REGIMES or r in DROP_REGIMES or (ring_regime(r) or 0) > 0:
             out.append(r)
         elif r:
-            raise ValueError(f"unknown regime {r!r}; use low, medium, high, drop or drop9..drop1")
+            raise ValueError(f"unknown regime {r!r}; use low, medium, high, drop, drop9..drop1, rings or ringsN "
+                             "(e.g. rings16)")
     return out
+
+
+def ring_anchors(sample, n_rings: int, index: int, occlusion_kernel: int = 5) -> tuple[np.ndarray, np.ndarray, int]:
+    """LiDAR anchors as the node gets them from a sensor with ``n_rings`` rings in view.
+
+    The sample's scan is thinned to ``n_rings`` evenly spaced rings of those in the image
+    (a per-image seeded offset says which ring starts the pattern), then projected with
+    the node's projection and occlusion filter. Depths are the LiDAR's own (noisy) ranges;
+    metrics use the dataset's ground truth. Returns ``(uv, z, rings in view)``.
+    """
+    if sample.points is None or sample.rings is None or sample.T_cam_lidar is None:
+        raise ValueError(f"ring regimes need a LiDAR scan with ring ids; sample {sample.key} has none "
+                         "(synthetic data renders it; KITTI raw/object read velodyne .bin files)")
+    offset = float(np.random.default_rng([index, n_rings, 17]).random())
+    pts, used = thin_to_rings(sample.points, sample.rings, sample.T_cam_lidar, sample.K, sample.depth.shape,
+                              n_rings, offset)
+    uv, z = project_points(torch.from_numpy(np.ascontiguousarray(pts[:, :3], np.float32)),
+                           torch.as_tensor(sample.T_cam_lidar), torch.as_tensor(sample.K), sample.depth.shape,
+                           occlusion_kernel=occlusion_kernel)
+    return uv.numpy(), z.numpy(), used
 
 
 def regime_anchors(sample, regime: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """The protocol's anchors for one image and regime (deterministic per image)."""
+    n_rings = ring_regime(regime)
+    if n_rings:
+        return ring_anchors(sample, n_rings, index)[:2]
     gt = np.nan_to_num(sample.depth, nan=0.0)
     cand = grid_candidates(sample.valid)
     if regime.startswith("drop"):
@@ -66,33 +97,73 @@ def regime_anchors(sample, regime: str, index: int) -> tuple[np.ndarray, np.ndar
 
 
 def anchor_count(regime: str) -> float:
+    if ring_regime(regime):
+        return float("nan")  # LiDAR patterns: the measured mean is in the results
     if regime.startswith("drop"):
         return float(regime[4:])
     lo, hi = REGIMES[regime]
     return (lo + hi) / 2
 
 
+def parse_checkpoints(text: str | None) -> dict[str, str] | str | None:
+    """``--checkpoint``: one path for every regime, or ``REGIME=PATH,...`` where REGIME is a
+    regime (``low``, ``rings8``) or a group (``drop``, ``rings``); others use the shipped default."""
+    if not text or "=" not in text:
+        return text or None
+    out = {}
+    for part in text.split(","):
+        key, sep, path = part.partition("=")
+        if not sep or not key.strip() or not path.strip():
+            raise ValueError(f"--checkpoint entry {part!r} is not REGIME=PATH")
+        out[key.strip()] = path.strip()
+    return out
+
+
+def checkpoint_for(checkpoints: dict[str, str] | str | None, regime: str) -> str:
+    """The generator a regime runs with: given per regime or group, else the shipped default."""
+    if isinstance(checkpoints, str):
+        return checkpoints
+    table = checkpoints or {}
+    group = "rings" if ring_regime(regime) else "drop" if regime.startswith("drop") else regime
+    return table.get(regime) or table.get(group) or str(default_checkpoint(regime))
+
+
 class Evaluator:
     def __init__(self, methods: list[str], regimes: list[str], backend, device: torch.device,
-                 checkpoint: str | None = None, ablation_checkpoint: str | None = None) -> None:
+                 checkpoint: dict[str, str] | str | None = None, ablation_checkpoint: str | None = None,
+                 basis_options: dict | None = None, allow_mde_mismatch: bool = False, cache=None) -> None:
+        from .checkpoints import check_generator_mde
+
         self.methods, self.regimes, self.backend, self.device = methods, regimes, backend, device
+        self.cache = cache  # a FeatureCache shared with `train`; None = run the MDE every time
         self.generators = {}
-        for r in regimes:
-            if "basis" in methods:
-                path = checkpoint or str(default_checkpoint(r))
-                self.generators.setdefault(path, load_generator(path, device))
-        self.ckpt_for = {r: checkpoint or str(default_checkpoint(r)) for r in regimes} if "basis" in methods else {}
+        self.ckpt_for = {}
+        if "basis" in methods:
+            for r in regimes:
+                path = checkpoint_for(checkpoint, r)
+                self.ckpt_for[r] = path
+                if path not in self.generators:
+                    self.generators[path] = load_generator(path, device)
+                    check_generator_mde(self.generators[path].config, backend, allow_mde_mismatch,
+                                        what=f"generator {path}")
         self.ablation = None
         if "basis-f0" in methods:
             self.ablation = load_generator(ablation_checkpoint or MODELS_DIR / "generator_k30_medium_f0", device)
+            check_generator_mde(self.ablation.config, backend, allow_mde_mismatch, what="ablation generator")
         self.aligners = {m: make(m) for m in methods if m not in ("basis", "basis-f0")}
-        self.basis = make("basis", generator=next(iter(self.generators.values()))) if self.generators else None
+        self.basis = (make("basis", generator=next(iter(self.generators.values())), **(basis_options or {}))
+                      if self.generators else None)
+        self.rings_seen: dict[str, list[int]] = {}
         self.per_image: dict[str, dict[str, list[dict]]] = {m: {r: [] for r in regimes} for m in methods}
         self.spectral: list[dict] = []
         self.skipped: dict[str, str] = {}
 
     def run_sample(self, sample, index: int, figure_path: Path | None = None) -> None:
-        depth, feats = self.backend.predict(sample.rgb)
+        if self.cache is not None:
+            depth, feats = self.cache.get(sample)
+            depth, feats = depth[None], feats[None]
+        else:
+            depth, feats = self.backend.predict(sample.rgb)
         mde = depth[0].to(self.device)
         feats = feats.to(self.device).float()
         gt = torch.from_numpy(np.nan_to_num(sample.depth, nan=0.0)).to(self.device)
@@ -105,7 +176,11 @@ class Evaluator:
             f0_maps = self.ablation(mde.unsqueeze(0), feats) if self.ablation is not None else None
         fig_data = None
         for regime in self.regimes:
-            uv, z = regime_anchors(sample, regime, index)
+            if ring_regime(regime):
+                uv, z, used = ring_anchors(sample, ring_regime(regime), index)
+                self.rings_seen.setdefault(regime, []).append(used)
+            else:
+                uv, z = regime_anchors(sample, regime, index)
             for m in self.methods:
                 if m == "region" and labels is None:
                     self.skipped[m] = "dataset has no semantic labels"
@@ -138,6 +213,8 @@ class Evaluator:
                 agg = {k: float(np.nanmean([row[k] for row in rows])) for k in METRIC_KEYS}
                 agg["images"] = len(rows)
                 agg["mean_anchors"] = float(np.mean([row["anchors"] for row in rows]))
+                if r in self.rings_seen:
+                    agg["mean_rings"] = float(np.mean(self.rings_seen[r]))
                 out.setdefault(m, {})[r] = agg
         return out
 
@@ -194,6 +271,7 @@ def write_tables(path: Path, results: dict, spectral: dict) -> None:
     methods = results.keys()
     std = [r for r in ("low", "medium", "high") if any(r in results[m] for m in methods)]
     drops = [r for r in DROP_REGIMES if any(r in results[m] for m in methods)]
+    rings = sorted({r for m in methods for r in results[m] if ring_regime(r)}, key=ring_regime)
     lines = ["# Evaluation", ""]
 
     def table(regs, title):
@@ -211,6 +289,14 @@ def write_tables(path: Path, results: dict, spectral: dict) -> None:
         table(std, "Anchor regimes (Tables 1-2)")
     if drops:
         table(drops, "Drop-anchor test (Table 3)")
+    if rings:
+        table(rings, "LiDAR scan lines (all projected points of n rings in view)")
+        first = next(iter(methods))
+        lines.insert(len(lines) - 1, "mean anchors: " + ", ".join(
+            f"{r} {results[first][r]['mean_anchors']:.0f} ({results[first][r].get('mean_rings', 0):.1f} rings)"
+            for r in rings if r in results[first]))
+    cov = [f"{m} {np.nanmin([v['coverage'] for v in results[m].values()]):.3f}" for m in methods]
+    lines += ["coverage (share of mask pixels published, lowest over regimes): " + ", ".join(cov), ""]
     if spectral:
         lines += ["## Spectral statistics (K=8 model, low regime)", "",
                   f"median η1 = {spectral['median_eta1']:.3f}, median |v1,0| = {spectral['median_v10']:.3f}, "
@@ -227,7 +313,8 @@ def plot_vs_anchors(path: Path, results: dict) -> None:
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
     for m, regs in results.items():
-        pts = sorted((anchor_count(r), v["abs_rel"], v["delta1"]) for r, v in regs.items())
+        pts = sorted((v.get("mean_anchors", anchor_count(r)), v["abs_rel"], v["delta1"]) for r, v in regs.items()
+                     if not ring_regime(r))
         if not pts:
             continue
         x, a, d = zip(*pts)
@@ -250,18 +337,34 @@ def main(argv: list[str] | None = None) -> dict:
     from .mde.backends import load_backend, resolve_device
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="synthetic:both", help="dataset: synthetic:street|indoor|both")
-    p.add_argument("--seeds", default="9000-9019", help="synthetic seed range (held-out: 9000 and above)")
+    p.add_argument("--data", default="synthetic:both", help=f"dataset: {DATA_SPECS}")
+    p.add_argument("--seeds", default="9000-9019", help="synthetic seed range (held-out: 9000 and above); "
+                   "synthetic data only")
     p.add_argument("--path", help="dataset root for file-based loaders")
+    p.add_argument("--every", type=int, default=1, help="use every N-th frame of a dataset")
+    p.add_argument("--limit", type=int, default=0, help="use at most N frames (after --every); 0 = all")
+    p.add_argument("--cache-dir", help="MDE output cache (shared with train; default ~/.cache/scalefield_ros/features "
+                   "or $SCALEFIELD_CACHE)")
+    p.add_argument("--no-cache", action="store_true", help="run the MDE on every frame instead of using the cache")
     p.add_argument("--methods", default="basis,global,piecewise,lwlr,grid,region")
     p.add_argument("--regimes", default="low,medium,high,drop")
-    p.add_argument("--checkpoint", help="generator checkpoint for basis (default: shipped, per regime)")
+    p.add_argument("--checkpoint", help="generator checkpoint for basis: one PATH for every regime, or "
+                   "REGIME=PATH,... per regime or group (low, medium, high, drop, rings, rings8, ...); "
+                   "default: shipped, K=8 for low/drop, the node's K=30 for medium/high/rings")
     p.add_argument("--ablation-checkpoint", help="F(x)=0 generator for basis-f0 (default: shipped)")
-    p.add_argument("--mde", default="embedded", help="MDE backend: embedded, embedded:PATH or module:Class")
+    p.add_argument("--mde", default="embedded", help=f"MDE backend: {BACKEND_SPECS}")
+    p.add_argument("--allow-mde-mismatch", action="store_true",
+                   help="run generators trained for another MDE (refused by default; logged when allowed)")
+    p.add_argument("--ridge", default="gcv",
+                   help="basis ridge lambda: 'gcv' (chosen per image, default) or a number (the paper: 0.001)")
+    p.add_argument("--robust", default="none", choices=["none", "huber", "tukey"],
+                   help="basis: robust (IRLS) anchor weighting")
     p.add_argument("--device", default="auto")
     p.add_argument("--figures", type=int, default=2, help="per-sample figures to write")
     p.add_argument("--out", required=True)
+    add_threads_argument(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:
@@ -271,19 +374,26 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = open_dataset(a.data, a.seeds, path=a.path)
+    ds = open_dataset(a.data, a.seeds, path=a.path, lidar=any(ring_regime(r) for r in regimes))
+    ds = subset(ds, a.every, a.limit)
     backend = load_backend(a.mde, device)
-    ev = Evaluator(methods, regimes, backend, device, a.checkpoint, a.ablation_checkpoint)
+    cache = None
+    if not a.no_cache:
+        from .data.cache import FeatureCache
+
+        cache = FeatureCache(backend, a.cache_dir)
+    ridge = a.ridge if a.ridge == "gcv" else float(a.ridge)
+    basis_options = {"ridge": ridge, "robust": a.robust}
+    ev = Evaluator(methods, regimes, backend, device, parse_checkpoints(a.checkpoint), a.ablation_checkpoint,
+                   basis_options, a.allow_mde_mismatch, cache)
     for i in tqdm(range(len(ds)), desc="evaluating"):
         ev.run_sample(ds[i], i, out / f"sample_{i:02d}.png" if i < a.figures else None)
     results = ev.summary()
     spectral = ev.spectral_summary()
-    doc = {"methods": {m: {r: {k: v[k] for k in ("abs_rel", "delta1", "rmse", "images")} | {
-        "sq_rel": v["sq_rel"], "delta2": v["delta2"], "delta3": v["delta3"], "mean_anchors": v["mean_anchors"]}
-        for r, v in regs.items()} for m, regs in results.items()},
+    doc = {"methods": results,
         "spectral": spectral, "skipped": ev.skipped,
-        "config": {"data": a.data, "seeds": a.seeds, "methods": methods, "regimes": regimes, "mde": backend.name,
-                   "checkpoint": a.checkpoint or "shipped"}}
+        "config": {"data": a.data, "frames": describe(ds), "methods": methods, "regimes": regimes, "mde": backend.name,
+                   "checkpoints": ev.ckpt_for, "basis": basis_options}}
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     write_tables(out / "tables.md", results, spectral)
     plot_vs_anchors(out / "metrics_vs_anchors.png", results)

@@ -28,13 +28,14 @@ class PipelineConfig:
     mde: str = "embedded"
     checkpoint: str = ""  # generator checkpoint; "" = the shipped one for `generator_regime`
     generator_regime: str = "medium"  # a LiDAR gives ~100s of anchors in view: K=30 medium model
-    ridge: float = 1e-3
+    ridge: float | str = "gcv"  # "gcv" (per frame) or a fixed lambda (the paper: 1e-3)
     min_anchors: int = 3
     below_min_anchors: str = "global"  # or "skip"
     max_depth: float = 0.0  # > 0: depths beyond become +inf (REP 118 "too far")
     min_depth: float = 0.1
     occlusion_kernel: int = 5
     device: str = "auto"
+    allow_mde_mismatch: bool = False  # run a generator trained for another MDE (logged; at your own risk)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class FrameOutput:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: projection, mde, generator, solve, apply
     anchors_uv: np.ndarray | None = None
     anchors_depth: np.ndarray | None = None
+    ridge_lambda: float = float("nan")  # the basis solve's lambda (chosen per frame with gcv)
 
 
 def validate_method(name: str) -> str:
@@ -75,7 +77,13 @@ class MetricDepthPipeline:
 
                 ckpt = self.cfg.checkpoint or default_checkpoint(self.cfg.generator_regime)
                 opts = {"checkpoint": ckpt, "device": self.device, "ridge": self.cfg.ridge}
-            self._aligners[name] = make(name, **opts)
+            al = make(name, **opts)
+            if name == "basis":
+                from .checkpoints import check_generator_mde
+
+                check_generator_mde(al.generator.config, self.backend, self.cfg.allow_mde_mismatch,
+                                    what=f"generator {ckpt}")
+            self._aligners[name] = al
         al = self._aligners[name]
         if name == "basis":
             al.ridge = self.cfg.ridge
@@ -126,8 +134,9 @@ class MetricDepthPipeline:
         scale = res.scale.float().cpu().numpy()
         if cfg.max_depth > 0:
             depth = np.where(depth > cfg.max_depth, np.inf, depth).astype(np.float32)
+        lam = res.extras.get("lambda")
         return FrameOutput(depth, scale, int(res.anchors_used[0]), fallback, "", float(res.residual[0]), t,
-                           uv.cpu().numpy(), z.cpu().numpy())
+                           uv.cpu().numpy(), z.cpu().numpy(), float(lam[0]) if lam is not None else float("nan"))
 
     def process(self, rgb: np.ndarray, K: np.ndarray, points: np.ndarray, T_cam_lidar: np.ndarray) -> FrameOutput:
         """Align one frame. Never raises on bad sensor data: a skipped frame says why."""

@@ -28,7 +28,6 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,207 +37,9 @@ from .align_node import PARAM_DEFAULTS, pipeline_config
 from .core.metrics import depth_metrics, evaluation_mask
 from .core.transforms import quaternion_matrix
 from .pipeline import PIPELINE_METHODS, MetricDepthPipeline
+from .data.bags import BagFrames, FrameSet, ReplayError, ground_truth_for, holdout_split, resolve_bag  # noqa: F401
 from .ros import conversions as cv
-from .ros.sync import ApproxTimeSync
-
-
-class ReplayError(RuntimeError):
-    """A problem with the bag a user can act on."""
-
-
-@dataclass
-class FrameSet:
-    stamp: int
-    image: object
-    info: object
-    cloud: object
-    compressed: bool
-    raw: dict  # topic -> raw CDR bytes of this frame's messages (for --live)
-
-
-def resolve_bag(path: str | Path) -> Path:
-    p = Path(path)
-    if p.is_file() and p.suffix in (".mcap", ".db3"):
-        return p.parent if (p.parent / "metadata.yaml").is_file() else p
-    if not p.exists() and p.suffix in (".mcap", ".db3") and p.with_suffix("").is_dir():
-        return p.with_suffix("")
-    if not p.exists():
-        raise ReplayError(f"bag {p} does not exist")
-    return p
-
-
-@dataclass
-class _Conn:
-    topic: str
-    msgtype: str
-    id: int
-
-
-class McapStream:
-    """Sequential reader for an .mcap whose summary/footer is missing (recording cut off).
-
-    ``rosbags`` needs the footer; the ``mcap`` stream reader reads records in order until
-    the data ends, so every complete message before the cut is still replayed.
-    """
-
-    def __init__(self, path: Path) -> None:
-        from mcap.stream_reader import StreamReader
-
-        self.path = path
-        self.ts = cv.rosbags_typestore()
-        self._schemas: dict[int, str] = {}
-        self.connections: list[_Conn] = []
-        self._messages: list[tuple[_Conn, int, bytes]] = []
-        self.error: str | None = None
-        by_id: dict[int, _Conn] = {}
-        try:
-            with open(path, "rb") as fh:
-                for rec in StreamReader(fh).records:
-                    kind = type(rec).__name__
-                    if kind == "Schema":
-                        self._schemas[rec.id] = rec.name
-                    elif kind == "Channel":
-                        c = _Conn(rec.topic, self._schemas.get(rec.schema_id, ""), rec.id)
-                        by_id[rec.id] = c
-                        self.connections.append(c)
-                    elif kind == "Message" and rec.channel_id in by_id:
-                        self._messages.append((by_id[rec.channel_id], rec.log_time, rec.data))
-        except Exception as exc:  # the cut: keep what was read
-            self.error = f"bag {path} is truncated or corrupt after {len(self._messages)} messages: " \
-                         f"{type(exc).__name__} {exc}".rstrip()
-
-    def messages(self, connections):
-        ids = {c.id for c in connections}
-        for c, t, raw in sorted(self._messages, key=lambda m: m[1]):
-            if c.id in ids:
-                yield c, t, raw
-
-    def deserialize(self, raw, msgtype):
-        return self.ts.deserialize_cdr(raw, msgtype)
-
-    def close(self) -> None:
-        pass
-
-
-class BagFrames:
-    """Synchronised frames, ground truth and static TF from a bag."""
-
-    def __init__(self, bag: Path, image_topic: str, info_topic: str, points_topic: str, gt_topic: str,
-                 slop: float, queue: int) -> None:
-        from rosbags.highlevel import AnyReader
-
-        self.bag = bag
-        self.error: str | None = None
-        try:
-            self.reader = AnyReader([bag], default_typestore=cv.rosbags_typestore())
-            self.reader.open()
-        except Exception as exc:
-            mcaps = sorted(bag.glob("*.mcap")) if bag.is_dir() else [bag] if bag.suffix == ".mcap" else []
-            if not mcaps:
-                raise ReplayError(f"cannot open bag {bag}: {type(exc).__name__}: {exc}") from exc
-            self.reader = McapStream(mcaps[0])
-            self.error = self.reader.error or f"bag {bag} could not be indexed ({exc}); read it sequentially"
-            if not self.reader.connections:
-                raise ReplayError(f"cannot open bag {bag}: {type(exc).__name__}: {exc}") from exc
-        topics = {c.topic: c.msgtype for c in self.reader.connections}
-        self.compressed = False
-        if image_topic not in topics and image_topic + "/compressed" in topics:
-            image_topic += "/compressed"
-        if image_topic in topics and topics[image_topic] == "sensor_msgs/msg/CompressedImage":
-            self.compressed = True
-        missing = [t for t in (image_topic, info_topic, points_topic) if t not in topics]
-        if missing:
-            raise ReplayError(f"bag {bag} has no topic(s) {missing}; it has {sorted(topics)} "
-                              "(choose others with --image-topic/--camera-info-topic/--points-topic)")
-        self.topics = {"image": image_topic, "info": info_topic, "points": points_topic}
-        self.gt_topic = gt_topic if gt_topic in topics else None
-        self.slop, self.queue = slop, queue
-        self.tf: dict[tuple[str, str], np.ndarray] = {}
-        self.gt: dict[int, np.ndarray] = {}
-        self.dropped = 0
-
-    def close(self) -> None:
-        self.reader.close()
-
-    def frames(self):
-        """Yield FrameSets in stamp order; on a read error stop and set ``self.error``."""
-        out: list[FrameSet] = []
-        raw_of: dict[int, dict] = {}
-        index = {v: i for i, v in enumerate((self.topics["image"], self.topics["info"], self.topics["points"]))}
-
-        def emit(img, info, cloud):
-            st = cv.stamp_ns(img.header)
-            out.append(FrameSet(st, img, info, cloud, self.compressed, raw_of.get(st, {})))
-
-        sync = ApproxTimeSync(3, self.queue, self.slop, emit)
-        wanted = set(index) | {"/tf_static"} | ({self.gt_topic} if self.gt_topic else set())
-        conns = [c for c in self.reader.connections if c.topic in wanted]
-        it = self.reader.messages(connections=conns)
-        slop_ns = int(self.slop * 1e9)
-        while True:
-            try:
-                conn, log_ns, raw = next(it)
-                msg = self.reader.deserialize(raw, conn.msgtype)
-            except StopIteration:
-                break
-            except Exception as exc:  # truncated/corrupt storage: keep what we have
-                self.error = f"bag {self.bag} is corrupt or truncated: {type(exc).__name__}: {exc}"
-                break
-            if conn.topic == "/tf_static":
-                for t in msg.transforms:
-                    tr, q = t.transform.translation, t.transform.rotation
-                    self.tf[(t.header.frame_id, t.child_frame_id)] = quaternion_matrix(
-                        [tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
-                continue
-            if conn.topic == self.gt_topic:
-                self.gt[cv.stamp_ns(msg.header)] = cv.image_to_array(msg)
-                while out and out[0].stamp in self.gt:
-                    yield out.pop(0)
-                continue
-            st = cv.stamp_ns(msg.header)
-            if conn.topic == self.topics["image"]:
-                raw_of.setdefault(st, {})["image"] = bytes(raw)
-            elif conn.topic == self.topics["info"]:
-                raw_of.setdefault(st, {})["info"] = bytes(raw)
-            else:
-                raw_of.setdefault(st, {})["points"] = bytes(raw)
-            sync.add(index[conn.topic], msg, st)
-            # Hold a frame back until the bag is past it, so that its ground truth (often
-            # recorded after the sensor messages) has been read.
-            while out and out[0].stamp + slop_ns < min(log_ns, st):
-                yield out.pop(0)
-        self.dropped = sync.dropped
-        while out:
-            yield out.pop(0)
-
-    def extrinsic(self, camera_frame: str, lidar_frame: str, fallback: np.ndarray | None) -> np.ndarray:
-        if (camera_frame, lidar_frame) in self.tf:
-            return self.tf[(camera_frame, lidar_frame)]
-        if (lidar_frame, camera_frame) in self.tf:
-            return np.linalg.inv(self.tf[(lidar_frame, camera_frame)])
-        if fallback is not None:
-            return fallback
-        known = [f"{a} <- {b}" for a, b in self.tf] or ["none"]
-        raise ReplayError(f"no transform between camera frame {camera_frame!r} and LiDAR frame {lidar_frame!r}: "
-                          f"/tf_static has {known}; pass --extrinsic tx,ty,tz,qx,qy,qz,qw")
-
-
-def ground_truth_for(frames: BagFrames, stamp: int, slop_ns: int) -> np.ndarray | None:
-    if stamp in frames.gt:
-        return frames.gt[stamp]
-    if frames.gt:
-        near = min(frames.gt, key=lambda s: abs(s - stamp))
-        if abs(near - stamp) <= slop_ns:
-            return frames.gt[near]
-    return None
-
-
-def holdout_split(n: int, fraction: float, seed: int, stamp: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-frame split of n projected points into (anchor idx, held-out idx), disjoint."""
-    rng = np.random.default_rng([seed, stamp % (2**32), stamp // (2**32)])
-    perm = rng.permutation(n)
-    k = int(round(n * fraction))
-    return np.sort(perm[k:]), np.sort(perm[:k])
+from .threads import add_threads_argument, set_threads
 
 
 def sparse_metrics(depth: np.ndarray, uv: np.ndarray, z: np.ndarray, max_depth: float) -> dict:
@@ -375,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             frames.close()
     pipe = MetricDepthPipeline(pipeline_config({"method": methods[0], "mde_backend": args.mde,
-                                                "generator_checkpoint": args.checkpoint, "device": args.device}))
+                                                "generator_checkpoint": args.checkpoint, "device": args.device,
+                                                "allow_mde_mismatch": args.allow_mde_mismatch}))
     writer = ResultWriter(Path(args.out))
     bagw = BagWriter(Path(args.write_bag)) if args.write_bag else None
     mode = "gt-topic" if frames.gt_topic else f"holdout {args.holdout:.0%} of LiDAR"
@@ -534,12 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-depth", type=float, default=80.0, help="evaluation range (80 outdoor, 10 indoor)")
     p.add_argument("--mde", default=PARAM_DEFAULTS["mde_backend"])
     p.add_argument("--checkpoint", default="")
+    p.add_argument("--allow-mde-mismatch", action="store_true",
+                   help="run a generator trained for another MDE (refused by default; logged when allowed)")
     p.add_argument("--device", default="auto")
     p.add_argument("--write-bag", help="write the aligned output (.mcap or .db3) for rviz/Foxglove")
     p.add_argument("--write-method", help="method whose output --write-bag writes (default: the first)")
     p.add_argument("--live", action="store_true", help="publish over DDS to an align node and score its output")
     p.add_argument("--rate", type=float, default=1.0, help="--live playback speed factor")
+    add_threads_argument(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     if not 0 < a.holdout < 1:
         raise SystemExit(f"--holdout must be in (0, 1), got {a.holdout}")
     try:

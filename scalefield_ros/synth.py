@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from .data.synthetic import FAMILIES, SyntheticWorld
 from .data.writers import write_bag, write_kitti_folder
+from .threads import add_threads_argument, set_threads
 
 
 def render_sequence(world: str, seed: int, frames: int, period_ns: int = 100_000_000) -> list:
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=10.0, help="frames per second (stamps)")
     p.add_argument("--out", required=True, help="KITTI-like output folder")
     p.add_argument("--bag", help="also write a rosbag2; .mcap or .db3 by suffix")
+    add_threads_argument(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     if a.frames < 1:
         raise SystemExit(f"--frames must be >= 1, got {a.frames}")
     frames = render_sequence(a.world, a.seed, a.frames, int(1e9 / a.rate))

@@ -21,6 +21,7 @@ import math
 import os
 import time
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -33,8 +34,11 @@ from .core.anchors import choose_anchors, grid_candidates, regime_count
 from .core.generator import BasisMapGenerator, GeneratorConfig, load_generator, save_generator
 from .core.losses import LossWeights, total_loss
 from .core.metrics import depth_metrics
-from .core.scale_field import ScaleField, log_targets, ridge_solve, sample_maps
+from .core.rings import random_ring_pattern
+from .core.scale_field import ScaleField, log_targets, sample_maps
+from .core.solver import RidgeSettings, independent_anchor_count, solve_weights
 from .data.synthetic import HELD_OUT_SEED, parse_seeds
+from .threads import add_threads_argument, set_threads
 
 
 @dataclass
@@ -42,8 +46,10 @@ class TrainConfig:
     """Everything a run needs; YAML keys have the same names."""
 
     data: str = "synthetic:both"
-    seeds: str = "2000-2399"  # the last val_fraction of them is the validation split
-    frames: list = field(default_factory=lambda: [0])
+    seeds: str = "2000-2399"  # synthetic only; the last val_fraction of them is the validation split
+    frames: list = field(default_factory=lambda: [0])  # synthetic only: frame indices per seed
+    every: int = 1  # file datasets: every N-th frame
+    limit: int = 0  # file datasets: at most N frames (0 = all)
     val_fraction: float = 0.1
     mde: str = "embedded"
     cache_dir: str | None = None
@@ -51,7 +57,11 @@ class TrainConfig:
     width: int = 32
     use_features: bool = True  # False: the F(x) = 0 ablation
     regime: str = "low"
-    ridge: float = 1e-3
+    ring_fraction: float = 0.0  # share of images whose anchors are a random LiDAR ring pattern
+    ring_counts: list = field(default_factory=lambda: [4, 128])  # ring count range (log-uniform)
+    ring_dropout: float = 0.3  # up to this share of returns lost per pattern
+    lidar_holdout: float = 0.2  # data without ground truth: share of LiDAR rings held out as targets
+    ridge: float | str = 1e-3  # fixed lambda, or "gcv" (chosen per image, see core/solver.py)
     lambda_anchor: float = 0.1
     lambda_decor: float = 1e-4
     lambda_gate: float = 1e-4
@@ -75,11 +85,23 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown keys in {path}: {sorted(unknown)}; valid keys: {sorted(known)}")
         raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**raw)
+        cfg = cls(**raw)
+        if not cfg.data.startswith("synthetic"):
+            ignored = [k for k in ("seeds", "frames") if k in raw and raw[k] != getattr(cls(), k)]
+            if ignored:
+                warnings.warn(f"{', '.join(ignored)} only apply to synthetic data and are ignored for {cfg.data!r}; "
+                              "use every / limit to subsample a file dataset", stacklevel=2)
+        return cfg
 
 
 class _Item:
-    """One cached training image, as tensors."""
+    """One cached training image, as tensors.
+
+    ``gt``/``valid`` are where the dense loss (eq 24) is taken; anchors are read from
+    ``anchor_map`` at ``cand``. With dense ground truth both are the ground truth. Without
+    it (``bag:`` data), :meth:`use_lidar_targets` splits the LiDAR into anchors and
+    held-out targets.
+    """
 
     def __init__(self, key: str, depth: torch.Tensor, feats: torch.Tensor, gt: torch.Tensor,
                  valid: torch.Tensor) -> None:
@@ -88,24 +110,76 @@ class _Item:
         self.feats = feats
         self.gt = gt
         self.valid = valid.bool()
-        self.gt_np = gt.numpy()
+        self.anchor_map = gt.numpy()
         self.cand = grid_candidates(self.valid.numpy())
+        self.lidar: tuple[np.ndarray, np.ndarray] | None = None  # in-view (uvz, ring) for ring patterns
+
+    def use_lidar_targets(self, seed: int, fraction: float = 0.2) -> None:
+        """LiDAR-only supervision: split the projected points, seeded and disjoint, into anchors
+        and held-out targets; the dense loss then sees only the held-out points."""
+        uvz, ring, gt, valid = lidar_split(self.lidar[0], self.lidar[1], tuple(self.mde.shape), seed, fraction)
+        self.gt, self.valid = torch.from_numpy(gt), torch.from_numpy(valid)
+        self.lidar = (uvz, ring)
+        self.cand = uvz[:, :2].astype(np.int64)
+        self.anchor_map = np.zeros(self.mde.shape, np.float32)
+        self.anchor_map[self.cand[:, 1], self.cand[:, 0]] = uvz[:, 2]
+
+
+def lidar_split(uvz: np.ndarray, ring: np.ndarray, size: tuple[int, int], seed: int, fraction: float = 0.2):
+    """Occlusion-filtered LiDAR points split into anchors and held-out targets.
+
+    With five or more rings in view whole rings are held out (a share ``fraction`` of
+    them, at least one), so that the targets test the field between scan lines, where a
+    robot needs it; otherwise a share of the points. Returns the anchor ``uvz`` and ring
+    ids, and the target depth map and mask.
+    """
+    from .core.anchors import occlusion_filter
+
+    keep = occlusion_filter(torch.from_numpy(uvz[:, :2]), torch.from_numpy(uvz[:, 2]), size).numpy()
+    uvz, ring = uvz[keep], np.asarray(ring)[keep]
+    rng = np.random.default_rng(seed)
+    rings = np.unique(ring)
+    if len(rings) >= 5:
+        held_rings = rng.choice(rings, max(1, int(round(fraction * len(rings)))), replace=False)
+        held = np.isin(ring, held_rings)
+    else:
+        held = rng.random(len(ring)) < fraction
+    gt = np.zeros(size, np.float32)
+    valid = np.zeros(size, bool)
+    t = uvz[held]
+    gt[t[:, 1].astype(np.int64), t[:, 0].astype(np.int64)] = t[:, 2]
+    valid[t[:, 1].astype(np.int64), t[:, 0].astype(np.int64)] = True
+    return uvz[~held], ring[~held], gt, valid
 
 
 _WORKER_STATE: dict = {}
 
 
+def _dataset(cfg: TrainConfig, lidar: bool = False):
+    """The configured dataset: synthetic by seeds and frames, file datasets by every / limit."""
+    from .data.datasets import open_dataset, subset
+
+    ds = open_dataset(cfg.data, ",".join(map(str, parse_seeds(cfg.seeds))), tuple(cfg.frames), lidar=lidar)
+    return ds if cfg.data.startswith("synthetic") else subset(ds, cfg.every, cfg.limit)
+
+
+def _needs_lidar(cfg: TrainConfig) -> bool:
+    """Ring patterns need the scan; so does LiDAR-only (bag) supervision."""
+    return cfg.ring_fraction > 0 or cfg.data.startswith("bag")
+
+
 def _open(cfg: TrainConfig):
     """(dataset, feature cache) of a config, opened once per process."""
     from .data.cache import FeatureCache
-    from .data.datasets import open_dataset
     from .mde.backends import load_backend
 
-    if "ds" not in _WORKER_STATE:
-        seeds = parse_seeds(cfg.seeds)
-        _WORKER_STATE["ds"] = open_dataset(cfg.data, ",".join(map(str, seeds)), tuple(cfg.frames))
-        _WORKER_STATE["cache"] = FeatureCache(load_backend(cfg.mde, "cpu"), cfg.cache_dir)
-    return _WORKER_STATE["ds"], _WORKER_STATE["cache"]
+    # keyed by what determines the content, so one process can train on several datasets
+    key = (cfg.data, cfg.seeds, tuple(cfg.frames), cfg.every, cfg.limit, cfg.mde, cfg.cache_dir,
+           os.environ.get("SCALEFIELD_CACHE"), _needs_lidar(cfg))
+    if key not in _WORKER_STATE:
+        _WORKER_STATE[key] = (_dataset(cfg, lidar=_needs_lidar(cfg)),
+                              FeatureCache(load_backend(cfg.mde, "cpu"), cfg.cache_dir))
+    return _WORKER_STATE[key]
 
 
 def _ensure_cached(args: tuple[TrainConfig, int]) -> str:
@@ -115,27 +189,31 @@ def _ensure_cached(args: tuple[TrainConfig, int]) -> str:
     ds, cache = _open(cfg)
     key = ds.key(idx) if hasattr(ds, "key") else None
     t = cache.load(key) if key else None
-    if t is None or "gt" not in t:
+    lidar = _needs_lidar(cfg)
+    if t is None or "gt" not in t or (lidar and "lidar_uvz" not in t):
         sample = ds[idx]
         key = sample.key
-        cache.get(sample, keep_ground_truth=True)
+        cache.get(sample, keep_ground_truth=True, keep_lidar=lidar)
     return key
 
 
 def _load_item(cfg: TrainConfig, key: str) -> _Item:
     _, cache = _open(cfg)
     t = cache.load(key)
-    return _Item(key, t["depth"], t["features"], t["gt"], t["valid"])
+    it = _Item(key, t["depth"], t["features"], t["gt"], t["valid"])
+    if "lidar_uvz" in t:
+        it.lidar = (t["lidar_uvz"].numpy(), t["lidar_ring"].numpy())
+        if not bool(it.valid.any()):  # no ground truth (bags): LiDAR-only supervision
+            it.use_lidar_targets(zlib.crc32(key.encode()), cfg.lidar_holdout)
+    return it
 
 
 def load_items(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[list[_Item], list[_Item]]:
     """Cached items of the train and validation splits (seeds split by position)."""
-    from .data.datasets import open_dataset
-
     seeds = parse_seeds(cfg.seeds)
     if cfg.data.startswith("synthetic") and any(s >= HELD_OUT_SEED for s in seeds):
         raise ValueError(f"training seeds must be below {HELD_OUT_SEED} (held out for evaluation); got {cfg.seeds}")
-    ds = open_dataset(cfg.data, ",".join(map(str, seeds)), tuple(cfg.frames))
+    ds = _dataset(cfg)
     idx = list(range(len(ds)))
     if cfg.data.startswith("synthetic"):  # split by scene, so no scene is in both splits
         n_val_seeds = max(1, int(round(len(seeds) * cfg.val_fraction)))
@@ -173,10 +251,15 @@ def _batches(items: list[_Item], batch: int, rng: np.random.Generator) -> list[l
     return [out[i] for i in order]
 
 
-def _anchor_batch(items: list[_Item], regime, rng: np.random.Generator, device) -> tuple[torch.Tensor, ...]:
+def _anchor_batch(items: list[_Item], cfg: TrainConfig, rng: np.random.Generator, device) -> tuple[torch.Tensor, ...]:
+    """Anchors per image: the grid regime, or (share ``ring_fraction``) a random LiDAR ring pattern."""
     uvs, zs = [], []
     for it in items:
-        uv, z = choose_anchors(it.cand, it.gt_np, regime_count(regime, rng), rng)
+        if it.lidar is not None and rng.random() < cfg.ring_fraction:
+            uv, z = random_ring_pattern(it.lidar[0], it.lidar[1], tuple(it.mde.shape), rng,
+                                        tuple(cfg.ring_counts), cfg.ring_dropout)
+        else:
+            uv, z = choose_anchors(it.cand, it.anchor_map, regime_count(cfg.regime, rng), rng)
         uvs.append(uv)
         zs.append(z)
     n = max(1, max(len(z) for z in zs))
@@ -190,13 +273,21 @@ def _anchor_batch(items: list[_Item], regime, rng: np.random.Generator, device) 
     return uv_t.to(device), z_t.to(device), m_t.to(device)
 
 
+def ridge_settings(ridge: float | str, gen) -> RidgeSettings:
+    """The solver settings inference uses for this lambda policy (see ``BasisAligner.settings``)."""
+    g = gen.module if hasattr(gen, "module") else gen
+    adaptive = str(ridge) == "gcv"
+    return RidgeSettings(lam="gcv" if adaptive else float(ridge),
+                         free_intercept=adaptive and g.config.ungated_global)
+
+
 def step_loss(gen, batch: list[_Item], cfg: TrainConfig, rng, device) -> tuple[dict, torch.Tensor]:
     """Forward one batch: maps -> ridge weights from anchors -> dense depth -> eq 28."""
     mde = torch.stack([it.mde for it in batch]).to(device)
     feats = torch.stack([it.feats for it in batch]).to(device).float()
     gt = torch.stack([it.gt for it in batch]).to(device)
     valid = torch.stack([it.valid for it in batch]).to(device)
-    uv, z, am = _anchor_batch(batch, cfg.regime, rng, device)
+    uv, z, am = _anchor_batch(batch, cfg, rng, device)
     maps = gen(mde, feats)
     design = sample_maps(maps.E, uv, tuple(mde.shape[-2:]))
     ui = uv[..., 0].round().long()
@@ -204,8 +295,13 @@ def step_loss(gen, batch: list[_Item], cfg: TrainConfig, rng, device) -> tuple[d
     w = mde.shape[-1]
     mde_at = torch.gather(mde.view(len(batch), -1), 1, vi * w + ui)
     y = log_targets(z, mde_at, am)
-    wts = ridge_solve(design, y, am, cfg.ridge)
+    wts = solve_weights(design, y, am, ridge_settings(cfg.ridge, gen),
+                        n_indep=independent_anchor_count(uv, am, tuple(mde.shape[-2:]))).weights
     pred = ScaleField.from_basis(maps.E, wts, tuple(mde.shape[-2:])).apply(mde)
+    # the dense loss never sees the anchors' own pixels: it measures the field away from them
+    hits = torch.zeros(valid.shape[0], valid[0].numel(), device=valid.device)
+    hits.scatter_add_(1, torch.where(am, vi * w + ui, torch.zeros_like(ui)), am.float())
+    valid = valid & (hits == 0).view_as(valid)
     lw = LossWeights(cfg.lambda_anchor, cfg.lambda_decor, cfg.lambda_gate)
     terms = total_loss(maps, pred, gt, valid, design, wts, y, am, lw)
     return terms, pred.detach()
@@ -261,7 +357,8 @@ def _plot(log_path: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: TrainConfig, out: Path, resume: bool = False, init: str | None = None) -> Path:
+def run(cfg: TrainConfig, out: Path, resume: bool = False, init: str | None = None,
+        allow_mde_mismatch: bool = False) -> Path:
     """Train; return the path of the best checkpoint (without suffix)."""
     from tqdm import tqdm
 
@@ -283,12 +380,18 @@ def run(cfg: TrainConfig, out: Path, resume: bool = False, init: str | None = No
         raise ValueError(f"need training and validation images; got {len(train_items)} and {len(val_items)} "
                          f"from seeds {cfg.seeds} (val_fraction {cfg.val_fraction})")
     feat_c = train_items[0].feats.shape[0]
+    backend = _open(cfg)[1].backend
     if init:
+        from .checkpoints import check_generator_mde
+
         gen = load_generator(init, "cpu")
+        check_generator_mde(gen.config, backend, allow_mde_mismatch, what=f"--init generator {init}")
         gen.config.use_features = cfg.use_features
     else:
         gen = BasisMapGenerator(GeneratorConfig(num_basis=cfg.num_basis, feature_channels=feat_c, width=cfg.width,
                                                 mde=cfg.mde, use_features=cfg.use_features))
+    gen.config.mde_name = backend.name
+    gen.config.mde_feature_size = list(train_items[0].feats.shape[-2:])
     gen = gen.to(device)
     model = gen
     if world > 1:
@@ -383,17 +486,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="output folder (checkpoints, log.csv, curves.png)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--init", help="start from this checkpoint (fine-tuning, e.g. to another regime)")
+    p.add_argument("--allow-mde-mismatch", action="store_true",
+                   help="fine-tune (--init) a generator trained for another MDE (refused by default)")
     for f in fields(TrainConfig):
         if f.name == "frames":
             p.add_argument("--frames", type=lambda s: [int(x) for x in s.split(",")], help="frame indices per seed")
             continue
-        typ = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes")}.get(
+        if f.name == "ring_counts":
+            p.add_argument("--ring-counts", dest="ring_counts", type=lambda s: [int(x) for x in s.split(",")],
+                           help="ring count range lo,hi")
+            continue
+        typ = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes"),
+               "float | str": lambda s: s if s == "gcv" else float(s)}.get(
             f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str"), str)
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=typ, help=f"override {f.name}")
+    add_threads_argument(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     overrides = {f.name: getattr(a, f.name) for f in fields(TrainConfig)}
     cfg = TrainConfig.load(a.config, overrides)
-    best = run(cfg, Path(a.out), a.resume, a.init)
+    best = run(cfg, Path(a.out), a.resume, a.init, a.allow_mde_mismatch)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}.safetensors")
 

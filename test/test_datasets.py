@@ -118,3 +118,41 @@ def test_clear_errors_for_bad_folders(tmp_path):
         open_dataset("nyu")
     with pytest.raises(ValueError, match="unknown dataset"):
         open_dataset("imagenet:/x")
+
+
+def _folder(root, frame, depth_scale=1000.0):
+    for d in ("rgb", "depth"):
+        (root / d).mkdir(parents=True)
+    cv2.imwrite(str(root / "rgb/a.png"), frame.rgb[..., ::-1])
+    mm = np.nan_to_num(frame.depth * depth_scale, nan=0).clip(0, 65535).astype(np.uint16)
+    cv2.imwrite(str(root / "depth/a.png"), mm)
+    K = frame.K
+    (root / "intrinsics.yaml").write_text(yaml.safe_dump({"fx": float(K[0, 0]), "fy": float(K[1, 1]),
+                                                          "cx": float(K[0, 2]), "cy": float(K[1, 2])}))
+
+
+def test_same_named_folders_never_share_cache_entries(tmp_path):
+    """Two folders both called `office` with different frames: distinct keys and cached data."""
+    from scalefield_ros.data.cache import FeatureCache
+    from scalefield_ros.mde.backends import load_backend
+
+    f1 = SyntheticWorld("indoor", 11).frame(0)
+    f2 = SyntheticWorld("indoor", 12).frame(0)
+    _folder(tmp_path / "a" / "office", f1)
+    _folder(tmp_path / "b" / "office", f2)
+    d1, d2 = open_dataset(f"folder:{tmp_path / 'a' / 'office'}"), open_dataset(f"folder:{tmp_path / 'b' / 'office'}")
+    assert d1.key(0) != d2.key(0)
+    cache = FeatureCache(load_backend("embedded", "cpu"), tmp_path / "cache")
+    s1, s2 = d1[0], d2[0]
+    cache.get(s1, keep_ground_truth=True)
+    cache.get(s2, keep_ground_truth=True)
+    t1, t2 = cache.load(s1.key), cache.load(s2.key)
+    assert not torch.equal(t1["gt"], t2["gt"])
+    assert np.allclose(t2["gt"].numpy(), np.nan_to_num(s2.depth), atol=1e-3)
+    # editing a file in place changes its identity, so stale cache entries are never read
+    import os
+    import time
+
+    time.sleep(0.01)
+    os.utime(tmp_path / "a" / "office" / "depth" / "a.png")
+    assert open_dataset(f"folder:{tmp_path / 'a' / 'office'}").key(0) != s1.key

@@ -128,3 +128,60 @@ def test_import_path_backend(monkeypatch):
     assert float(d[0, 0, 0]) == 3.0 and f.shape == (1, 2, 30, 50)
     with pytest.raises(ValueError, match="cannot import MDE backend"):
         load_backend("my_test_backends:Nope")
+
+
+class NumpyBackend:
+    """A user backend that returns unbatched numpy arrays, as a numpy-run network would."""
+
+    name = "numpy-test"
+    feature_channels = 3
+
+    def __init__(self, device="auto", mode="ok"):
+        self.mode = mode
+
+    def predict(self, images):
+        arr = np.asarray(images)
+        h, w = arr.shape[-3:-1]
+        depth = np.linspace(1.0, 2.0, h * w, dtype=np.float64).reshape(h, w)
+        feats = np.ones((3, h // 4, w // 4), np.float32)
+        if self.mode == "zero":
+            depth[0, 0] = 0.0
+        if self.mode == "channels":
+            feats = feats[:2]
+        if self.mode == "flat":
+            depth = depth.ravel()
+        if self.mode == "small":
+            depth = depth[::2, ::2]
+        return depth, feats
+
+
+@pytest.mark.parametrize("mode,match", [("zero", "non-positive"), ("channels", "2 channels"),
+                                        ("flat", r"depth has shape \(6000,\)")])
+def test_backend_contract_violations_name_the_backend(monkeypatch, mode, match):
+    import sys
+
+    from scalefield_ros.mde.backends import BackendOutputError
+
+    monkeypatch.setitem(sys.modules, "my_test_backends", sys.modules[__name__])
+    b = load_backend("my_test_backends:NumpyBackend", "cpu", mode=mode)
+    with pytest.raises(BackendOutputError, match="numpy-test") as exc:
+        b.predict(IMG)
+    assert exc.match(match)
+
+
+def test_numpy_unbatched_outputs_are_normalised(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "my_test_backends", sys.modules[__name__])
+    for mode in ("ok", "small"):
+        b = load_backend("my_test_backends:NumpyBackend", "cpu", mode=mode)
+        d, f = b.predict(IMG)
+        assert d.shape == (1,) + IMG.shape[:2] and d.dtype == torch.float32
+        assert f.shape == (1, 3, IMG.shape[0] // 4, IMG.shape[1] // 4) and f.dtype == torch.float32
+        assert float(d.min()) >= 1.0 and float(d.max()) <= 2.0
+    # the whole pipeline (evaluation path) runs on it
+    from scalefield_ros.core import make
+
+    al = make("global")
+    res = al.fit(d[0], np.array([[10.0, 10.0], [40.0, 30.0]]), np.array([3.0, 5.0]))
+    assert torch.isfinite(res.depth).all()

@@ -128,3 +128,40 @@ def test_evaluation_on_held_out_seeds_basis_beats_global_at_low(tmp_path):
     again = evaluate.main(["--data", "synthetic:both", "--seeds", "9000-9003", "--methods", "basis,global,lwlr",
                            "--regimes", "low,drop1", "--out", str(tmp_path / "ev2"), "--figures", "0", "--device", "cpu"])
     assert again["methods"] == doc["methods"]  # deterministic
+
+
+def test_lidar_only_training_from_bags(tmp_path):
+    """train --data bag:DIR: anchors and held-out targets from the LiDAR alone, GT topic ignored."""
+    from scalefield_ros import train
+    from scalefield_ros.core.generator import load_generator
+    from scalefield_ros.data.datasets import open_dataset
+    from scalefield_ros.data.writers import write_bag
+
+    os.environ["SCALEFIELD_CACHE"] = str(tmp_path / "cache")
+    for seed in (300, 301):
+        w = SyntheticWorld("indoor", seed)
+        write_bag(tmp_path / "bags" / f"s{seed}.mcap",
+                  [w.frame(i, stamp_ns=1_700_000_000_000_000_000 + i * 100_000_000) for i in range(2)])
+    ds = open_dataset(f"bag:{tmp_path / 'bags'}")
+    assert len(ds) == 4
+    s = ds[0]
+    assert np.isnan(s.depth).all() and not s.valid.any()  # the ground-truth topic is never read
+    assert len(np.unique(s.rings)) >= 20 and s.points.shape[1] == 3
+    cfg = train.TrainConfig(data=f"bag:{tmp_path / 'bags'}", num_basis=4, width=8, batch=2, epochs=1,
+                            val_fraction=0.25, regime="low")
+    items_tr, items_val = train.load_items(cfg)
+    assert len(items_tr) == 3 and len(items_val) == 1
+    it = items_tr[0]
+    # targets and anchors are disjoint and both LiDAR depths
+    tgt = it.valid.numpy()
+    assert tgt.sum() > 50
+    assert not tgt[it.cand[:, 1], it.cand[:, 0]].any()
+    assert np.all(it.anchor_map[it.cand[:, 1], it.cand[:, 0]] > 0)
+    gt = SyntheticWorld("indoor", 300).frame(0).depth
+    rel = np.abs(it.gt.numpy()[tgt] - gt[tgt]) / gt[tgt]
+    assert np.nanmedian(rel) < 0.02
+    train.main(["--out", str(tmp_path / "run"), "--data", f"bag:{tmp_path / 'bags'}", "--epochs", "1", "--batch",
+                "2", "--width", "8", "--num-basis", "4", "--val-fraction", "0.25", "--ring-fraction", "0.5"])
+    gen = load_generator(tmp_path / "run" / "best")
+    assert gen.config.mde_name.startswith("embedded-")
+    assert np.isfinite(json.loads((tmp_path / "run" / "best.json").read_text())["val"]["abs_rel"])

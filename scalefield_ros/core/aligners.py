@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from .anchors import AnchorBatch, prepare_anchors
 from .generator import BasisMapGenerator, BasisMaps, load_generator
-from .scale_field import DEFAULT_RIDGE, ScaleField, log_targets, ridge_solve, sample_maps
+from .scale_field import ScaleField, log_targets, ridge_solve, sample_maps
+from .solver import RidgeSettings, independent_anchor_count, solve_weights
 
 NO_ANCHORS = "no_anchors"
 GLOBAL_SCALE = "global_scale"
@@ -497,6 +498,14 @@ class BasisAligner(Aligner):
     ``y_i = log z_i - log D_mde(a_i)`` (eq 10); ``w = (M^T M + lambda I)^-1 M^T y``
     (eq 15); ``D = D_mde exp(E^T w)`` (eq 16). The ridge keeps every image solvable,
     down to a single anchor. ``basis_maps=`` in ``fit`` reuses maps computed elsewhere.
+
+    ``ridge`` is a fixed lambda (the paper: 1e-3) or ``"gcv"`` (default): lambda chosen
+    per image by generalised cross-validation, with the constant channel E_0 = 1 left
+    unpenalised (see :mod:`.solver`). ``robust`` selects iteratively reweighted anchors
+    (``"huber"``/``"tukey"``). ``free_intercept`` (default: with ``"gcv"`` and an ungated
+    E_0) can be set explicitly; a fixed lambda without it is eq 15 verbatim.
+    Extras: ``weights``, ``lambda``, ``dof``, ``sigma2``, ``anchor_weights``, ``design``,
+    ``target``, ``gates``, ``basis`` and the solution object under ``solution``.
     """
 
     name = "basis"
@@ -505,8 +514,11 @@ class BasisAligner(Aligner):
         self,
         generator: BasisMapGenerator | None = None,
         checkpoint: str | Path | None = None,
-        ridge: float = DEFAULT_RIDGE,
+        ridge: float | str = "gcv",
         device: str | torch.device | None = None,
+        robust: str = "none",
+        robust_iters: int = 3,
+        free_intercept: bool | None = None,
     ) -> None:
         if generator is None:
             if checkpoint is None:
@@ -517,8 +529,20 @@ class BasisAligner(Aligner):
         elif device is not None:
             generator = generator.to(device)
         self.generator = generator
-        self.ridge = ridge
+        self.free_intercept = free_intercept
+        self.robust, self.robust_iters = robust, robust_iters
+        self.ridge = ridge  # validated by the settings property below
+        self.settings
         self.min_anchors = 1
+
+    @property
+    def settings(self) -> RidgeSettings:
+        """The solver settings the current options give (validates them)."""
+        free = self.free_intercept
+        if free is None:
+            free = self.ridge == "gcv" and self.generator.config.ungated_global
+        lam = self.ridge if self.ridge == "gcv" else float(self.ridge)
+        return RidgeSettings(lam=lam, free_intercept=bool(free), robust=self.robust, robust_iters=self.robust_iters)
 
     def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
         maps = ctx.maps
@@ -532,8 +556,12 @@ class BasisAligner(Aligner):
         E = maps.E.to(ctx.mde.device).float()
         design = sample_maps(E, ctx.anchors.uv, ctx.size)
         y = log_targets(ctx.anchors.depth, ctx.mde_at, ctx.mask)
-        wts = ridge_solve(design, y, ctx.mask, self.ridge)
-        ctx.extras.update(weights=wts, design=design, target=y, gates=maps.G)
+        n_indep = independent_anchor_count(ctx.anchors.uv, ctx.mask, ctx.size) if self.ridge == "gcv" else None
+        sol = solve_weights(design, y, ctx.mask, self.settings, n_indep=n_indep)
+        wts = sol.weights
+        ctx.extras.update(weights=wts, design=design, target=y, gates=maps.G, solution=sol,
+                          anchor_weights=sol.anchor_weights, dof=sol.dof, sigma2=sol.sigma2)
+        ctx.extras["lambda"] = sol.lam
         ctx.extras["basis"] = E
         ctx.watch.lap("solve")
         field_ = ScaleField.from_basis(E, wts, ctx.size)

@@ -182,7 +182,8 @@ def project_points(
     min_depth: float = 0.1,
     occlusion_kernel: int = 5,
     occlusion_rel: float = 0.1,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_index: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """LiDAR points -> pixel anchors ``(uv, z)`` with occlusion filtering.
 
     ``X_cam = T_cam_lidar @ [X_lidar; 1]`` with the camera optical frame (x right, y down,
@@ -191,16 +192,19 @@ def project_points(
     where several land on one pixel only the nearest stays. Because the LiDAR sits apart
     from the camera, background points can show through gaps in the foreground; with
     ``occlusion_kernel > 1`` a point is also dropped when a point in its k x k
-    neighbourhood is more than ``occlusion_rel`` (relative) nearer.
+    neighbourhood is more than ``occlusion_rel`` (relative) nearer (:func:`occlusion_filter`).
 
     Args:
         points: ``(N, 3+)`` xyz in the LiDAR frame (extra columns ignored).
         T_cam_lidar: ``(4, 4)`` transform from LiDAR to camera optical frame.
         K: ``(3, 3)`` pinhole intrinsics of the (rectified) image.
         image_size: ``(H, W)``.
+        return_index: also return the ``(M,)`` indices of the kept points in ``points``
+            (to carry per-point attributes such as the ring id).
 
     Returns:
-        ``uv`` ``(M, 2)`` pixel coordinates (rounded to pixel centres) and ``z`` ``(M,)``.
+        ``uv`` ``(M, 2)`` pixel coordinates (rounded to pixel centres) and ``z`` ``(M,)``
+        (and the indices with ``return_index``).
     """
     h, w = image_size
     pts = torch.as_tensor(points, dtype=torch.float32)
@@ -209,19 +213,41 @@ def project_points(
     Km = torch.as_tensor(K, dtype=torch.float32, device=dev)
     if pts.dim() != 2 or pts.shape[1] < 3:
         raise ValueError(f"points must be (N, 3) or wider, got {tuple(pts.shape)}")
+    idx = torch.arange(pts.shape[0], device=dev)
     xyz = pts[:, :3]
-    xyz = xyz[torch.isfinite(xyz).all(1)]
+    fin = torch.isfinite(xyz).all(1)
+    xyz, idx = xyz[fin], idx[fin]
     cam = xyz @ T[:3, :3].T + T[:3, 3]
-    cam = cam[cam[:, 2] > min_depth]
+    front = cam[:, 2] > min_depth
+    cam, idx = cam[front], idx[front]
     z = cam[:, 2]
     u = Km[0, 0] * cam[:, 0] / z + Km[0, 1] * cam[:, 1] / z + Km[0, 2]
     v = Km[1, 1] * cam[:, 1] / z + Km[1, 2]
-    ui, vi = torch.round(u), torch.round(v)
-    inside = (ui >= 0) & (ui <= w - 1) & (vi >= 0) & (vi <= h - 1)
-    ui, vi, z = ui[inside].long(), vi[inside].long(), z[inside]
+    uv = torch.stack([torch.round(u), torch.round(v)], 1)
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
+    uv, z, idx = uv[inside], z[inside], idx[inside]
+    keep = occlusion_filter(uv, z, image_size, occlusion_kernel, occlusion_rel)
+    out = (uv[keep], z[keep])
+    return out + (idx[keep],) if return_index else out
+
+
+def occlusion_filter(uv: torch.Tensor, z: torch.Tensor, image_size: tuple[int, int], kernel: int = 5,
+                     rel: float = 0.1) -> torch.Tensor:
+    """Which projected points to keep: the nearest per pixel, and (``kernel > 1``) none with a
+    point in its k x k neighbourhood more than ``rel`` nearer (see-through background).
+
+    Args:
+        uv: ``(M, 2)`` integer-valued pixel coordinates inside the image.
+        z: ``(M,)`` depths.
+
+    Returns:
+        ``(M,)`` bool mask.
+    """
+    h, w = image_size
+    dev = z.device
     if z.numel() == 0:
-        return torch.zeros(0, 2, device=dev), torch.zeros(0, device=dev)
-    lin = vi * w + ui
+        return torch.zeros(0, dtype=torch.bool, device=dev)
+    lin = uv[:, 1].long() * w + uv[:, 0].long()
     zbuf = torch.full((h * w,), float("inf"), device=dev)
     zbuf.scatter_reduce_(0, lin, z, reduce="amin")
     # One point per pixel: the nearest (ties broken by the first occurrence).
@@ -230,10 +256,9 @@ def project_points(
     first = torch.full((h * w,), z.numel(), device=dev, dtype=torch.long)
     first.scatter_reduce_(0, lin[nearest], order[nearest], reduce="amin")
     keep = nearest & (first[lin] == order)
-    if occlusion_kernel > 1:
+    if kernel > 1:
         img = torch.where(torch.isinf(zbuf), torch.full_like(zbuf, 1e9), zbuf).view(1, 1, h, w)
-        k = int(occlusion_kernel) | 1
+        k = int(kernel) | 1
         local_min = -F.max_pool2d(-img, k, stride=1, padding=k // 2).view(-1)
-        keep &= z <= local_min[lin] * (1.0 + occlusion_rel)
-    uv = torch.stack([ui[keep], vi[keep]], dim=1).float()
-    return uv, z[keep]
+        keep &= z <= local_min[lin] * (1.0 + rel)
+    return keep

@@ -34,7 +34,9 @@ class GeneratorConfig:
     feature_channels: int = 0  # C of F(x); 0 = the generator takes no features
     width: int = 32  # trunk channels
     work_size: int = 256  # longest side of the working grid when F is absent
-    mde: str = "embedded"  # identity of the MDE the generator was trained for
+    mde: str = "embedded"  # the --mde spec the generator was trained with (informational)
+    mde_name: str = ""  # the backend's identity (network + weights digest); "" = not recorded
+    mde_feature_size: list | None = None  # (h, w) of F at the training image size (informational)
     use_features: bool = True  # False = F(x) = 0 ablation (same parameter count)
     ungated_global: bool = True  # E_0 = B_0 = 1 exactly (see BasisMapGenerator)
 

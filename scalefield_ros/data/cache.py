@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEFAULT_ROOT = Path(os.environ.get("SCALEFIELD_CACHE", Path.home() / ".cache" / "scalefield_ros" / "features"))
+DEFAULT_ROOT = Path.home() / ".cache" / "scalefield_ros" / "features"
 
 
 class FeatureCache:
     def __init__(self, backend, root: str | Path | None = None) -> None:
         self.backend = backend
-        self.dir = Path(root or DEFAULT_ROOT) / backend.name
+        # $SCALEFIELD_CACHE is read when a cache is opened, not at import
+        self.dir = Path(root or os.environ.get("SCALEFIELD_CACHE") or DEFAULT_ROOT) / backend.name
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
@@ -38,25 +39,43 @@ class FeatureCache:
                 p.unlink(missing_ok=True)
         return None
 
-    def get(self, sample, keep_ground_truth: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, sample, keep_ground_truth: bool = False, keep_lidar: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mde_depth (H, W) float32, features (C, h, w) float16)`` for a sample, computing once.
 
         ``keep_ground_truth`` also stores the sample's depth and mask, so that training can
-        skip loading (for the synthetic world: rendering) the sample again.
+        skip loading (for the synthetic world: rendering) the sample again. ``keep_lidar``
+        stores the LiDAR points that project into the image, as ``lidar_uvz`` (M, 3: pixel
+        u, v and depth, nearest per pixel, no occlusion filter yet) and ``lidar_ring`` (M,),
+        so that training can thin them to any ring pattern.
         """
         from safetensors.torch import save_file
 
         t = self.load(sample.key)
-        if t is not None and (not keep_ground_truth or "gt" in t):
+        if t is not None and (not keep_ground_truth or "gt" in t) and (not keep_lidar or "lidar_uvz" in t):
             return t["depth"], t["features"]
         depth, feats = self.backend.predict(sample.rgb)
         tensors = {"depth": depth[0].float().cpu().contiguous(), "features": feats[0].half().cpu().contiguous()}
         if keep_ground_truth:
             tensors["gt"] = torch.from_numpy(np.nan_to_num(sample.depth, nan=0.0).astype(np.float32))
             tensors["valid"] = torch.from_numpy(sample.valid.astype(np.uint8))
+        if keep_lidar:
+            tensors.update(lidar_tensors(sample))
         p = self.path(sample.key)
         tmp = p.with_suffix(f".{os.getpid()}.tmp")
         save_file(tensors, str(tmp))
         os.replace(tmp, p)
         return tensors["depth"], tensors["features"]
 
+
+
+def lidar_tensors(sample) -> dict[str, torch.Tensor]:
+    """In-view LiDAR points of a sample with their ring ids (see ``FeatureCache.get``)."""
+    from ..core.anchors import project_points
+
+    if sample.points is None or sample.rings is None or sample.T_cam_lidar is None:
+        raise ValueError(f"sample {sample.key} has no LiDAR scan with ring ids; ring-pattern training needs one")
+    uv, z, idx = project_points(torch.from_numpy(np.ascontiguousarray(sample.points[:, :3], np.float32)),
+                                torch.as_tensor(sample.T_cam_lidar), torch.as_tensor(sample.K),
+                                sample.depth.shape, occlusion_kernel=0, return_index=True)
+    ring = torch.from_numpy(np.asarray(sample.rings)[idx.numpy()].astype(np.int32))
+    return {"lidar_uvz": torch.cat([uv, z[:, None]], 1).float().contiguous(), "lidar_ring": ring.contiguous()}

@@ -26,6 +26,7 @@ class Sample:
     labels: np.ndarray | None = None  # (H, W) semantic labels for the region baseline
     points: np.ndarray | None = None  # (N, 3+) LiDAR in its frame
     T_cam_lidar: np.ndarray | None = None
+    rings: np.ndarray | None = None  # (N,) ring (beam) id of every LiDAR point
 
 
 class SyntheticDataset:
@@ -64,13 +65,60 @@ class SyntheticDataset:
             key=self.key(idx), rgb=fr.rgb, depth=fr.depth, valid=valid,
             K=fr.K, max_depth=MAX_DEPTH[fam], family=fam, labels=fr.labels,
             points=fr.points if self.lidar else None, T_cam_lidar=fr.T_cam_lidar,
+            rings=SyntheticWorld(fam, seed).ring_ids(fr.points) if self.lidar else None,
         )
 
 
-LOADERS = ("synthetic", "kitti", "kitti-object", "nyu", "sun", "folder")
+LOADERS = ("synthetic", "kitti", "kitti-object", "nyu", "sun", "folder", "bag")
+#: Every ``--data`` spec, for help texts and errors.
+DATA_SPECS = ("synthetic:street|indoor|both (with --seeds), kitti:PATH (raw / depth completion), "
+              "kitti-object:PATH, nyu:PATH, sun:PATH, folder:PATH, bag:PATH[,PATH...] (rosbag2 camera + LiDAR, no "
+              "ground truth; for LiDAR-only training)")
 
 
-def open_dataset(spec: str, seeds: str | None = None, frames: tuple[int, ...] = (0,), path: str | None = None):
+class Subset:
+    """Every ``every``-th item of a dataset, at most ``limit`` of them (0 = all)."""
+
+    def __init__(self, ds, every: int = 1, limit: int = 0) -> None:
+        if every < 1 or limit < 0:
+            raise ValueError(f"--every must be >= 1 and --limit >= 0, got {every} and {limit}")
+        self.ds = ds
+        self.index = list(range(0, len(ds), every))[: limit or None]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        return self.ds[self.index[i]]
+
+    def key(self, i: int) -> str:
+        return self.ds.key(self.index[i])
+
+    def __getattr__(self, item):
+        return getattr(self.ds, item)
+
+
+def subset(ds, every: int = 1, limit: int = 0):
+    """``ds`` itself when nothing is dropped, else a :class:`Subset`."""
+    return ds if every == 1 and not limit else Subset(ds, every, limit)
+
+
+def describe(ds) -> dict:
+    """What a run actually used: for results files (never the seeds of another dataset)."""
+    inner = ds.ds if isinstance(ds, Subset) else ds
+    index = ds.index if isinstance(ds, Subset) else list(range(len(ds)))
+    if isinstance(inner, SyntheticDataset):
+        seeds = sorted({inner.items[i][1] for i in index})
+        fams = sorted({inner.items[i][0] for i in index})
+        return {"kind": "synthetic", "families": fams, "seeds": f"{seeds[0]}-{seeds[-1]}" if seeds else "",
+                "images": len(index)}
+    root = getattr(inner, "root", None)
+    return {"kind": type(inner).__name__, "root": str(Path(root).resolve()) if root else None, "images": len(index),
+            "first": inner.key(index[0]) if index else None}
+
+
+def open_dataset(spec: str, seeds: str | None = None, frames: tuple[int, ...] = (0,), path: str | None = None,
+                 lidar: bool = False):
     """A dataset by loader name.
 
     ``synthetic:street|indoor|both`` (with ``seeds``); ``kitti:PATH``, ``kitti-object:PATH``,
@@ -80,7 +128,7 @@ def open_dataset(spec: str, seeds: str | None = None, frames: tuple[int, ...] = 
     if kind == "synthetic":
         if seeds is None:
             raise ValueError("the synthetic dataset needs --seeds, e.g. --seeds 9000-9019")
-        return SyntheticDataset(arg or "both", seeds, frames)
+        return SyntheticDataset(arg or "both", seeds, frames, lidar=lidar)
     root = arg or path
     if kind in LOADERS and not root:
         raise ValueError(f"dataset {kind!r} needs a path: --data {kind}:PATH or --path PATH")
@@ -90,8 +138,11 @@ def open_dataset(spec: str, seeds: str | None = None, frames: tuple[int, ...] = 
         return KittiObjectDataset(root)
     if kind in ("nyu", "sun", "folder"):
         return FolderDataset(root)
-    raise ValueError(f"unknown dataset {spec!r}; available: synthetic:street|indoor|both, kitti:PATH, "
-                     "kitti-object:PATH, nyu:PATH, sun:PATH, folder:PATH")
+    if kind == "bag":
+        from .bags import BagDataset
+
+        return BagDataset(root)
+    raise ValueError(f"unknown dataset {spec!r}; available: {DATA_SPECS}")
 
 
 # --- file-based datasets -----------------------------------------------------------------------
@@ -139,6 +190,23 @@ def _k_and_offset(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return K, t
 
 
+def file_key(kind: str, *paths: Path | None) -> str:
+    """Cache key of a file-based sample: resolved paths plus size and mtime of each file,
+    so that two folders with the same name, or a file edited in place, never share
+    cached MDE outputs or ground truth."""
+    parts = [kind]
+    for p in paths:
+        if p is None:
+            continue
+        p = Path(p).resolve()
+        try:
+            st = p.stat()
+            parts.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{p}:missing")
+    return "|".join(parts)
+
+
 def _rigid(M: np.ndarray) -> np.ndarray:
     T = np.eye(4)
     T[:3, :] = M.reshape(3, 4)
@@ -148,10 +216,14 @@ def _rigid(M: np.ndarray) -> np.ndarray:
 def _finish(key, rgb, depth, K, max_depth, family, points=None, T=None, labels=None) -> Sample:
     from ..core.metrics import evaluation_mask
 
+    from ..core.rings import rings_from_scan_order
+
     d = np.nan_to_num(depth, nan=0.0)
     valid = evaluation_mask(torch.from_numpy(d), max_depth).numpy()
+    # raw scans (.bin) are stored in firing order: rings from the azimuth wraps
+    rings = rings_from_scan_order(points) if points is not None else None
     return Sample(key=key, rgb=rgb, depth=depth, valid=valid, K=K, max_depth=max_depth, family=family,
-                  labels=labels, points=points, T_cam_lidar=T)
+                  labels=labels, points=points, T_cam_lidar=T, rings=rings)
 
 
 class KittiDataset:
@@ -172,15 +244,24 @@ class KittiDataset:
         if not drives:
             raise FileNotFoundError(f"no KITTI drive (image_02/data/*.png) under {root}")
         self.items = [(d, p) for d in drives for p in sorted((d / "image_02" / "data").glob("*.png"))]
+        self.root = root
         self.max_depth = max_depth
         self._calib = {}
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _gt_path(self, drive: Path, img: Path) -> Path | None:
+        return next((p for p in (drive / "proj_depth" / "groundtruth" / "image_02" / img.name,
+                                 drive / "proj_depth" / "groundtruth" / img.name) if p.is_file()), None)
+
+    def _velo_path(self, drive: Path, img: Path) -> Path | None:
+        return next((p for p in (drive / "velodyne_points" / "data" / f"{img.stem}.bin",
+                                 drive / "velodyne" / f"{img.stem}.bin") if p.is_file()), None)
+
     def key(self, idx: int) -> str:
         d, p = self.items[idx]
-        return f"kitti/{d.name}/{p.stem}"
+        return file_key("kitti", p, self._gt_path(d, p), self._velo_path(d, p))
 
     def calib(self, drive: Path) -> tuple[np.ndarray, np.ndarray]:
         if drive not in self._calib:
@@ -211,11 +292,9 @@ class KittiDataset:
     def __getitem__(self, idx: int) -> Sample:
         drive, img = self.items[idx]
         rgb = _read_rgb(img)
-        gt_path = next((p for p in (drive / "proj_depth" / "groundtruth" / "image_02" / img.name,
-                                    drive / "proj_depth" / "groundtruth" / img.name) if p.is_file()), None)
+        gt_path = self._gt_path(drive, img)
         depth = _read_depth_png(gt_path, 256.0) if gt_path else np.full(rgb.shape[:2], np.nan, np.float32)
-        velo = next((p for p in (drive / "velodyne_points" / "data" / f"{img.stem}.bin",
-                                 drive / "velodyne" / f"{img.stem}.bin") if p.is_file()), None)
+        velo = self._velo_path(drive, img)
         pts = np.fromfile(velo, dtype="<f4").reshape(-1, 4) if velo else None
         K, T = self.calib(drive)
         labels = None
@@ -243,7 +322,9 @@ class KittiObjectDataset:
         return len(self.items)
 
     def key(self, idx: int) -> str:
-        return f"kitti-object/{self.items[idx].stem}"
+        img = self.items[idx]
+        return file_key("kitti-object", img, self.root / "velodyne" / f"{img.stem}.bin",
+                        self.root / "calib" / f"{img.stem}.txt")
 
     def __getitem__(self, idx: int) -> Sample:
         from ..core.anchors import project_points
@@ -305,14 +386,18 @@ class FolderDataset:
         return len(self.items)
 
     def key(self, idx: int) -> str:
-        return f"folder/{self.root.name}/{self.items[idx].stem}"
+        img = self.items[idx]
+        return file_key("folder", img, *self._depth_paths(img), self.root / "intrinsics.yaml")
+
+    def _depth_paths(self, img: Path) -> tuple[Path, Path]:
+        return self.root / "depth" / f"{img.stem}.png", self.root / "depth" / f"{img.stem}.npy"
 
     def __getitem__(self, idx: int) -> Sample:
         import cv2
 
         img = self.items[idx]
         rgb = _read_rgb(img)
-        dpng, dnpy = self.root / "depth" / f"{img.stem}.png", self.root / "depth" / f"{img.stem}.npy"
+        dpng, dnpy = self._depth_paths(img)
         if dpng.is_file():
             depth = _read_depth_png(dpng, self.scale)
         elif dnpy.is_file():

@@ -500,6 +500,13 @@ class SyntheticWorld:
         stamp = stamp_ns if stamp_ns is not None else int(1_700_000_000e9) + index * 100_000_000
         return Frame(rgb, depth, labels, K, points, self.T_cam_lidar(index), stamp, self.family, self.seed, index)
 
+    def ring_ids(self, points: np.ndarray) -> np.ndarray:
+        """Ring (beam) id of each scan point, from the scanner's beam elevations (exact here)."""
+        from ..core.rings import rings_from_elevation
+
+        cfg = self.lidar
+        return rings_from_elevation(points, np.linspace(cfg.elevation_min_deg, cfg.elevation_max_deg, cfg.beams))
+
     def scan(self, index: int = 0) -> np.ndarray:
         """One LiDAR revolution ``(N, 4)`` (x, y, z, intensity) in the LiDAR frame."""
         cfg = self.lidar

@@ -41,6 +41,11 @@ import numpy as np
 import torch
 
 
+#: Every ``--mde`` spec, for help texts and errors.
+BACKEND_SPECS = ("embedded, embedded:PATH, depth-anything-v2:PATH, dpt:PATH, da3:PATH, onnx:PATH "
+                 "or package.module:Class (your own, see the README's 'Your own MDE')")
+
+
 @runtime_checkable
 class MDEBackend(Protocol):
     name: str
@@ -274,8 +279,85 @@ class OnnxBackend:
         return d.to(self.device), f.to(self.device)
 
 
-def load_backend(spec: str = "embedded", device: str | torch.device | None = "auto", **options) -> MDEBackend:
-    """Build an MDE backend from a spec string (see module docstring)."""
+class BackendOutputError(ValueError):
+    """A backend returned something that breaks the ``predict`` contract."""
+
+
+class CheckedBackend:
+    """Wraps any backend: one place that normalises and validates ``predict`` outputs.
+
+    Backends may return numpy arrays or torch tensors, batched or not: depth ``(H, W)``,
+    ``(B, H, W)`` or ``(B, 1, H, W)``; features ``(C, h, w)`` or ``(B, C, h, w)``. The
+    result is always ``depth (B, H, W)`` float32 at the image size (bilinearly resized when
+    the network returns another size) and ``features (B, C, h, w)`` float32, on the
+    pipeline's device. Non-finite or non-positive depth, a wrong batch size, or a channel
+    count other than ``feature_channels`` raise :class:`BackendOutputError` naming the
+    backend and what was wrong.
+    """
+
+    def __init__(self, backend, device: torch.device | None = None) -> None:
+        self.inner = backend
+        self.device = device
+
+    def __getattr__(self, item):  # name, feature_channels, model, ... of the wrapped backend
+        return getattr(self.inner, item)
+
+    @property
+    def identity(self) -> dict:
+        """What a generator checkpoint records about the MDE it was trained for."""
+        return {"name": str(self.inner.name), "feature_channels": int(self.inner.feature_channels)}
+
+    def _fail(self, what: str) -> BackendOutputError:
+        return BackendOutputError(f"MDE backend {self.inner.name!r} ({type(self.inner).__name__}): {what}. "
+                                  "predict(images) must return (depth (B, H, W) positive, features (B, C, h, w)); "
+                                  "see the README section 'Your own MDE'")
+
+    def predict(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        arr = _as_batch(images)
+        b, h, w = arr.shape[:3]
+        out = self.inner.predict(images)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise self._fail(f"returned {type(out).__name__}, not a (depth, features) pair")
+        depth, feats = (torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x for x in out)
+        if depth.dim() == 2:
+            depth = depth.unsqueeze(0)
+        elif depth.dim() == 4 and depth.shape[1] == 1:
+            depth = depth[:, 0]
+        if depth.dim() != 3 or depth.shape[0] != b:
+            raise self._fail(f"depth has shape {tuple(depth.shape)} for {b} image(s) of {h}x{w}; "
+                             f"expected ({b}, {h}, {w}) or ({h}, {w}) for one image")
+        if feats.dim() == 3:
+            feats = feats.unsqueeze(0)
+        if feats.dim() != 4 or feats.shape[0] != b:
+            raise self._fail(f"features have shape {tuple(feats.shape)}; expected ({b}, C, h, w) or (C, h, w)")
+        if feats.shape[1] != self.inner.feature_channels:
+            raise self._fail(f"features have {feats.shape[1]} channels but the backend declares "
+                             f"feature_channels = {self.inner.feature_channels}")
+        if not (depth.is_floating_point() and feats.is_floating_point()):
+            raise self._fail(f"depth and features must be floating point, got {depth.dtype} and {feats.dtype}")
+        dev = self.device or depth.device
+        depth = depth.to(dev, torch.float32)
+        feats = feats.to(dev, torch.float32)
+        bad = ~(torch.isfinite(depth) & (depth > 0))
+        if bool(bad.any()):
+            raise self._fail(f"depth has {int(bad.sum())} non-finite or non-positive pixels of {depth.numel()}; "
+                             "return positive depth up to scale (convert disparity with disparity_to_depth)")
+        if not bool(torch.isfinite(feats).all()):
+            raise self._fail("features contain NaN or inf")
+        if tuple(depth.shape[-2:]) != (h, w):
+            depth = torch.nn.functional.interpolate(depth.unsqueeze(1), size=(h, w), mode="bilinear",
+                                                    align_corners=False)[:, 0]
+        return depth, feats
+
+
+def load_backend(spec: str = "embedded", device: str | torch.device | None = "auto", **options) -> CheckedBackend:
+    """Build an MDE backend from a spec string (see module docstring), wrapped in
+    :class:`CheckedBackend` so that every caller gets validated, batched torch outputs."""
+    dev = resolve_device(device)
+    return CheckedBackend(_build_backend(spec, dev, **options), dev)
+
+
+def _build_backend(spec: str, device: torch.device, **options) -> MDEBackend:
     if spec == "embedded" or spec.startswith("embedded:"):
         path = spec.split(":", 1)[1] if ":" in spec else None
         return EmbeddedBackend(path, device)
@@ -296,5 +378,4 @@ def load_backend(spec: str = "embedded", device: str | torch.device | None = "au
         if not isinstance(backend, MDEBackend):
             raise TypeError(f"{spec} does not implement the backend interface (name, feature_channels, predict)")
         return backend
-    raise ValueError(f"unknown MDE backend {spec!r}; use embedded[:PATH], depth-anything-v2:PATH, dpt:PATH, "
-                     "da3:PATH, onnx:PATH or package.module:Class")
+    raise ValueError(f"unknown MDE backend {spec!r}; use {BACKEND_SPECS}")

@@ -21,6 +21,7 @@ import torch
 
 from ..data.synthetic import SyntheticWorld, check_training_seed
 from .embedded import EmbeddedConfig, EmbeddedMDE, save_embedded, ssi_loss
+from ..threads import add_threads_argument, set_threads
 
 WORK = {"street": (320, 96), "indoor": (320, 240)}
 
@@ -139,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--max-minutes", type=float, default=40.0, help="stop after this many minutes")
     p.add_argument("--report-seeds", default="9000-9009", help="held-out seeds for the quality report")
+    add_threads_argument(p)
     args = p.parse_args(argv)
+    set_threads(args.threads)
     check_training_seed(args.seed_start + args.scenes - 1)
     model = train(args)
     save_embedded(model, args.out, {"seed": args.seed, "scenes": args.scenes, "epochs": args.epochs})

@@ -90,6 +90,35 @@ def compressed_to_array(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(img[..., ::-1])
 
 
+def _cloud_records(msg: Any, names: list[str]) -> np.ndarray:
+    """The named fields of every point of a PointCloud2 as a structured array (any offsets,
+    point_step and row padding)."""
+    fields = {f.name: f for f in msg.fields}
+    missing = [n for n in names if n not in fields]
+    if missing:
+        raise ConversionError(f"PointCloud2 has no field(s) {missing}; fields are {sorted(fields)}")
+    n = int(msg.width) * int(msg.height)
+    step = int(msg.point_step)
+    raw = _raw(msg, "cloud")
+    order = ">" if msg.is_bigendian else "<"
+    formats, offsets = [], []
+    for name in names:
+        f = fields[name]
+        if f.datatype not in POINTFIELD_DTYPES:
+            raise ConversionError(f"PointCloud2 field {name} has unknown datatype {f.datatype}")
+        formats.append(order + POINTFIELD_DTYPES[f.datatype])
+        offsets.append(int(f.offset))
+    dt = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": step})
+    if n == 0:
+        return np.zeros(0, dt)
+    if raw.size < n * step:
+        raise ConversionError(f"PointCloud2 data has {raw.size} bytes, header says {n} points x {step} bytes")
+    if int(msg.height) > 1 and int(msg.row_step) != int(msg.width) * step:
+        rows = raw[: int(msg.height) * int(msg.row_step)].reshape(int(msg.height), -1)[:, : int(msg.width) * step]
+        raw = np.ascontiguousarray(rows).reshape(-1)
+    return raw[: n * step].view(dt)
+
+
 def cloud_to_xyz(msg: Any) -> np.ndarray:
     """PointCloud2 -> ``(N, 3)`` float32 x, y, z; any offsets/point_step, extra fields
     ignored, points with a non-finite coordinate dropped.
@@ -97,33 +126,19 @@ def cloud_to_xyz(msg: Any) -> np.ndarray:
     Raises:
         ConversionError: no x/y/z fields, or a buffer shorter than the header says.
     """
-    fields = {f.name: f for f in msg.fields}
-    missing = [n for n in "xyz" if n not in fields]
-    if missing:
-        raise ConversionError(f"PointCloud2 has no field(s) {missing}; fields are {sorted(fields)}")
-    n = int(msg.width) * int(msg.height)
-    step = int(msg.point_step)
-    raw = _raw(msg, "cloud")
-    if n == 0:
-        return np.zeros((0, 3), np.float32)
-    if raw.size < n * step:
-        raise ConversionError(f"PointCloud2 data has {raw.size} bytes, header says {n} points x {step} bytes")
-    order = ">" if msg.is_bigendian else "<"
-    names, formats, offsets = [], [], []
-    for name in "xyz":
-        f = fields[name]
-        if f.datatype not in POINTFIELD_DTYPES:
-            raise ConversionError(f"PointCloud2 field {name} has unknown datatype {f.datatype}")
-        names.append(name)
-        formats.append(order + POINTFIELD_DTYPES[f.datatype])
-        offsets.append(int(f.offset))
-    dt = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": step})
-    if int(msg.height) > 1 and int(msg.row_step) != int(msg.width) * step:
-        rows = raw[: int(msg.height) * int(msg.row_step)].reshape(int(msg.height), -1)[:, : int(msg.width) * step]
-        raw = np.ascontiguousarray(rows).reshape(-1)
-    rec = raw[: n * step].view(dt)
+    rec = _cloud_records(msg, list("xyz"))
     xyz = np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)
     return xyz[np.isfinite(xyz).all(axis=1)]
+
+
+def cloud_field(msg: Any, name: str) -> np.ndarray | None:
+    """One extra field (e.g. a driver's ``ring``) for the points :func:`cloud_to_xyz` keeps,
+    in the same order; None when the cloud has no such field."""
+    if name not in {f.name for f in msg.fields}:
+        return None
+    rec = _cloud_records(msg, ["x", "y", "z", name])
+    ok = np.isfinite(np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)).all(axis=1)
+    return np.asarray(rec[name])[ok]
 
 
 @dataclass
