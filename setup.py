@@ -22,7 +22,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["models/*.safetensors", "models/*.json"]},
+    package_data={PACKAGE: ["models/*.safetensors", "models/*.json", "tuned/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .core.transforms import matrix_quaternion, quaternion_matrix  # noqa: F401 (re-exported)
-from .pipeline import BELOW_MIN, PIPELINE_METHODS, MetricDepthPipeline, PipelineConfig
+from .pipeline import BELOW_MIN, GATE_MESSAGE, GATE_POLICIES, PIPELINE_METHODS, MetricDepthPipeline, PipelineConfig
 from .ros import conversions as cv
 
 try:  # present on any ROS 2 robot, not installable on these CI machines
@@ -46,15 +46,26 @@ PARAMS: tuple[Param, ...] = (
     Param("torch_threads", 0, "torch CPU threads; 0 = automatic, max(1, min(4, cores // 2))"),
     Param("mde_backend", "embedded", "MDE backend: embedded, embedded:PATH or package.module:Class"),
     Param("generator_checkpoint", "", "basis generator checkpoint (.safetensors with .json); empty = shipped"),
-    Param("generator_regime", "medium", "which shipped generator when no checkpoint: low (K=8) or medium (K=30)"),
+    Param("generator_regime", "lidar", "which shipped generator when no checkpoint: lidar (K=30, trained for LiDAR "
+          "scan lines, 4-128 rings), medium (K=30, grid anchors) or low (K=8, 10-15 anchors)"),
     Param("allow_mde_mismatch", False, "run a generator checkpoint trained for another MDE than mde_backend "
           "(refused by default; logged when allowed)"),
+    Param("tuned_baselines", "street", "options of the baseline methods: street or indoor (the shipped tuned "
+          "files), a YAML written by `python -m scalefield_ros.tune`, or empty for their defaults"),
     Param("ridge_policy", "gcv", "basis weight solve: gcv (lambda chosen per frame by generalised "
           "cross-validation, reported in diagnostics) or fixed (ridge_lambda, the paper's eq 14)", True),
     Param("ridge_lambda", 0.001, "fixed ridge lambda of the basis weight solve (eq 14) when ridge_policy is "
           "fixed, 0 < lambda <= 100", True),
     Param("min_anchors", 3, "fewer projected anchors than this -> below_min_anchors policy, >= 1", True),
     Param("below_min_anchors", "global", "policy under min_anchors: global (scale fit) or skip", True),
+    Param("gate_policy", "skip", "a frame failing the sanity gate (anchors disagree with the network): skip "
+          "(never published) or publish (published, diagnostics ERROR)", True),
+    Param("min_rank_correlation", 0.5, "sanity gate: least Spearman correlation of anchor depth with network "
+          "depth at the anchors, -1..1", True),
+    Param("max_log_ratio_spread", 0.8, "sanity gate: largest interquartile range of log(anchor / network depth), "
+          "> 0", True),
+    Param("max_anchor_residual", 0.35, "sanity gate: largest median |log(depth / anchor)| after the fit, > 0", True),
+    Param("max_scale_ratio", 10.0, "sanity gate: largest p99/p1 spread of the fitted scale field, > 1", True),
     Param("max_depth", 0.0, "depths beyond this (m) are published as +inf (REP 118); 0 = no limit", True),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),
     Param("qos_reliability", "best_effort", "subscriber QoS: best_effort (sensor data) or reliable"),
@@ -83,7 +94,10 @@ def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
         generator_regime=v["generator_regime"],
         ridge="gcv" if v["ridge_policy"] == "gcv" else v["ridge_lambda"], min_anchors=v["min_anchors"],
         below_min_anchors=v["below_min_anchors"], max_depth=v["max_depth"],
-        occlusion_kernel=v["occlusion_kernel"], device=v["device"], allow_mde_mismatch=v["allow_mde_mismatch"])
+        occlusion_kernel=v["occlusion_kernel"], device=v["device"], allow_mde_mismatch=v["allow_mde_mismatch"],
+        tuned=v["tuned_baselines"], gate_policy=v["gate_policy"], min_rank_correlation=v["min_rank_correlation"],
+        max_log_ratio_spread=v["max_log_ratio_spread"], max_anchor_residual=v["max_anchor_residual"],
+        max_scale_ratio=v["max_scale_ratio"])
 
 
 def validate_param(name: str, value: Any) -> str | None:
@@ -94,6 +108,14 @@ def validate_param(name: str, value: Any) -> str | None:
         return f"ridge_lambda must be a float in (0, 100], got {value!r}"
     if name == "ridge_policy" and value not in ("gcv", "fixed"):
         return f"ridge_policy must be gcv or fixed, got {value!r}"
+    if name == "gate_policy" and value not in GATE_POLICIES:
+        return f"gate_policy must be one of {GATE_POLICIES}, got {value!r}"
+    if name == "min_rank_correlation" and not (isinstance(value, float) and -1 <= value <= 1):
+        return f"min_rank_correlation must be a float in [-1, 1], got {value!r}"
+    if name in ("max_log_ratio_spread", "max_anchor_residual") and not (isinstance(value, float) and value > 0):
+        return f"{name} must be a float > 0, got {value!r}"
+    if name == "max_scale_ratio" and not (isinstance(value, float) and value > 1):
+        return f"max_scale_ratio must be a float > 1, got {value!r}"
     if name == "torch_threads" and not (isinstance(value, int) and value >= 0):
         return f"torch_threads must be an integer >= 0 (0 = automatic), got {value!r}"
     if name == "min_anchors" and not (isinstance(value, int) and value >= 1):
@@ -221,8 +243,9 @@ def build_node(node_cls, **node_kwargs):
                     cfg.min_anchors = p.value
                 elif p.name == "below_min_anchors":
                     cfg.below_min_anchors = p.value
-                elif p.name == "max_depth":
-                    cfg.max_depth = p.value
+                elif p.name in ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread",
+                                "max_anchor_residual", "max_scale_ratio"):
+                    setattr(cfg, p.name, p.value)
             return SetParametersResult(successful=True)
 
         # -- input ----------------------------------------------------------------------
@@ -285,10 +308,11 @@ def build_node(node_cls, **node_kwargs):
                                        throttle_duration_sec=5.0)
                 return self.T_param
 
-        def _skip(self, header, reason: str) -> None:
+        def _skip(self, header, reason: str, error: bool = False) -> None:
             self.frames_skipped += 1
-            self.get_logger().warning(f"frame skipped: {reason}", throttle_duration_sec=5.0)
-            self._diagnose(header, None, reason)
+            log = self.get_logger().error if error else self.get_logger().warning
+            log(f"frame skipped: {reason}", throttle_duration_sec=5.0)
+            self._diagnose(header, None, reason, error)
 
         def _process(self, img, info, cloud) -> None:
             try:
@@ -305,7 +329,7 @@ def build_node(node_cls, **node_kwargs):
             T = self._extrinsic(img.header.frame_id or cam.frame_id, cloud.header.frame_id, img.header.stamp)
             out = self.pipeline.process(rgb, cam.K, pts, T)
             if out.depth is None:
-                return self._skip(img.header, out.reason)
+                return self._skip(img.header, out.reason, error=bool(out.gate))
             self.pub_depth.publish(cv.array_to_image(self.types, out.depth, "32FC1", img.header))
             info.header = img.header
             self.pub_info.publish(info)
@@ -318,7 +342,7 @@ def build_node(node_cls, **node_kwargs):
                                        throttle_duration_sec=5.0)
             self._diagnose(img.header, out, "")
 
-        def _diagnose(self, header, out, reason: str) -> None:
+        def _diagnose(self, header, out, reason: str, error: bool = False) -> None:
             DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
             values = {"frames_in": self.frames_in, "frames_published": self.frames_done,
                       "frames_dropped": self.frames_dropped, "frames_skipped": self.frames_skipped,
@@ -331,8 +355,11 @@ def build_node(node_cls, **node_kwargs):
                     values["ridge_lambda"] = f"{out.ridge_lambda:.3g}"
                 if out.fallback:
                     level, message = DiagnosticStatus.WARN, f"fallback: {out.fallback}"
+                if out.gate:  # gate_policy publish: published, but not believable
+                    level, message = DiagnosticStatus.ERROR, f"{GATE_MESSAGE} ({out.gate})"
             else:
-                level, message = DiagnosticStatus.WARN, f"skipped: {reason}"
+                level, message = (DiagnosticStatus.ERROR if error else DiagnosticStatus.WARN), \
+                    (reason if error else f"skipped: {reason}")
                 values["fallback"] = "skip"
             st = DiagnosticStatus(level=level, name=f"{self.get_name()}: alignment", message=message,
                                   hardware_id=header.frame_id,

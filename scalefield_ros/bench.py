@@ -40,6 +40,7 @@ from .core import make
 from .core.anchors import project_points
 from .core.generator import BasisMapGenerator, GeneratorConfig, load_generator
 from .threads import add_threads_argument, set_threads
+from .tune import load_tuned, tuned_options
 
 RESOLUTIONS = [(640, 192), (1216, 352), (1280, 720)]
 ANCHORS = [10, 100, 500, 2000]
@@ -125,8 +126,8 @@ def build_aligners(device: torch.device, feature_channels: int, shipped: bool = 
         gens[30] = load_generator(default_checkpoint("medium"), device)
     for k, g in gens.items():
         al[f"basis-k{k}"] = make("basis", generator=g)
-    for name in ("global", "piecewise", "lwlr", "grid", "region"):
-        al[name] = make(name)
+    for name in ("global", "piecewise", "lwlr", "grid", "grid-smooth", "region"):
+        al[name] = make(name, **tuned_options(load_tuned("street"), "rings", name))
     return al
 
 
@@ -173,6 +174,7 @@ def run(args: argparse.Namespace) -> dict:
             st[f"apply_k{k}"] = 1000 * float(np.median([t.get("apply", 0) for t in times]))
             del res
         stages[key] = st
+    solver = solver_cost(device, warm, max(reps, 5))
     ratio = {a: {k: v / lat["global"][k] for k, v in d.items()} for a, d in lat.items()}
     growth = {}
     for a, d in lat.items():
@@ -183,7 +185,7 @@ def run(args: argparse.Namespace) -> dict:
     return {"machine": machine(), "device": str(device), "mde": backend.name, "quick": bool(args.quick),
             "repeats": reps, "warmup": warm,
             "latency_ms": lat, "ratio_to_global": ratio, "spread_ms": spread, "stages_ms": stages,
-            "peak_mem_mb": mem, "growth": growth}
+            "peak_mem_mb": mem, "growth": growth, "solver_ms": solver}
 
 
 def write_report(out: Path, doc: dict) -> None:
@@ -201,6 +203,14 @@ def write_report(out: Path, doc: dict) -> None:
     lines += ["| point | " + " | ".join(skeys) + " |", "|---" * (len(skeys) + 1) + "|"]
     for k, st in doc["stages_ms"].items():
         lines.append(f"| {k} | " + " | ".join(f"{st[s]:.1f}" for s in skeys) + " |")
+    if "solver_ms" in doc:
+        sv = doc["solver_ms"]
+        lines += ["", "### Weight solve alone (ms): lambda policy x K x anchors N", "",
+                  "| policy | " + " | ".join(f"K={k} N={n}" for k in KS for n in (500, 7000)) + " |",
+                  "|---" * (1 + 2 * len(KS)) + "|"]
+        for pol in ("fixed", "gcv", "gcv+huber"):
+            lines.append(f"| {pol} | " + " | ".join(f"{sv[f'{pol}_k{k}_n{n}']:.2f}" for k in KS for n in (500, 7000))
+                         + " |")
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
@@ -223,17 +233,85 @@ def write_report(out: Path, doc: dict) -> None:
     plt.close(fig)
 
 
+#: (name, feature C, feature h, feature w, image H, image W) of the generator-cost table
+FEATURE_SIZES = [("56x80", 32, 56, 80, 112, 160), ("112x160", 32, 112, 160, 224, 320),
+                 ("224x320", 32, 224, 320, 448, 640), ("vit37x37x384", 384, 37, 37, 518, 518)]
+
+
+def solver_cost(device: torch.device, warm: int = 1, reps: int = 5) -> dict:
+    """The K x K weight solve alone (``core/solver.py``), per lambda policy, K and N (ms)."""
+    from .core.solver import RidgeSettings, solve_weights
+
+    out = {}
+    g = torch.Generator().manual_seed(0)
+    for k in KS:
+        for n in (500, 7000):
+            m = torch.randn(1, n, k, generator=g).to(device)
+            m[..., 0] = 1
+            y = torch.randn(1, n, generator=g).to(device)
+            for name, st in (("fixed", RidgeSettings(lam=1e-3, free_intercept=False)), ("gcv", RidgeSettings()),
+                             ("gcv+huber", RidgeSettings(robust="huber"))):
+                out[f"{name}_k{k}_n{n}"] = timeit(lambda: solve_weights(m, y, None, st), device, warm, reps)[0]
+    return out
+
+
+def generator_cost(device: torch.device, warm: int = 1, reps: int = 3, k: int = 30, batch: int = 8,
+                   work_pixels: int = 8192) -> dict:
+    """Generator training step (forward + backward, batch ``batch``) and inference (batch 1)
+    time per MDE feature size, at F's own grid (``native``) and at the ``work_pixels`` grid."""
+    out = {}
+    for name, c, fh, fw, ih, iw in FEATURE_SIZES:
+        row = {}
+        for mode, wp in (("native", 0), ("work_pixels", work_pixels)):
+            gen = BasisMapGenerator(GeneratorConfig(num_basis=k, feature_channels=c, work_pixels=wp)).to(device)
+            f = torch.randn(batch, c, fh, fw, device=device)
+            d = torch.rand(batch, ih, iw, device=device) + 0.5
+
+            def step():
+                gen.zero_grad(set_to_none=True)
+                gen(d, f).E.square().mean().backward()
+
+            def infer():
+                with torch.no_grad():
+                    gen(d[:1], f[:1])
+
+            row[f"{mode}_train_step_ms"] = timeit(step, device, warm, reps)[0]
+            row[f"{mode}_inference_ms"] = timeit(infer, device, warm, reps)[0]
+            row[f"{mode}_grid"] = list(gen._work_size(d, f))
+        out[name] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 warm-up, 3 repeats (< 3 min on 2 cores)")
     p.add_argument("--device", default="auto")
     p.add_argument("--mde", default="embedded", help="MDE backend spec (see README); its cost is the mde stage")
     p.add_argument("--out", default="bench_out")
+    p.add_argument("--generator-cost", action="store_true",
+                   help="only the generator's training-step and inference time per MDE feature size "
+                        "(56x80, 112x160, 224x320, ViT 37x37x384), at F's grid and at the work_pixels grid")
     add_threads_argument(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.generator_cost:
+        from .mde.backends import resolve_device
+
+        dev = resolve_device(a.device)
+        doc = {"device": str(dev), "machine": platform.processor() or platform.machine(),
+               "generator_cost": generator_cost(dev, 1, 2 if a.quick else 3)}
+        (out / "generator_cost.json").write_text(json.dumps(doc, indent=2))
+        lines = ["| F | grid before | train step before (ms) | inference before (ms) | grid after | "
+                 "train step after (ms) | inference after (ms) |", "|---" * 7 + "|"]
+        for name, r in doc["generator_cost"].items():
+            lines.append(f"| {name} | {r['native_grid'][0]}x{r['native_grid'][1]} | {r['native_train_step_ms']:.0f} | "
+                         f"{r['native_inference_ms']:.0f} | {r['work_pixels_grid'][0]}x{r['work_pixels_grid'][1]} | "
+                         f"{r['work_pixels_train_step_ms']:.0f} | {r['work_pixels_inference_ms']:.0f} |")
+        (out / "generator_cost.md").write_text("\n".join(lines) + "\n")
+        print((out / "generator_cost.md").read_text())
+        return doc
     doc = run(a)
     (out / "bench.json").write_text(json.dumps(doc, indent=2))
     write_report(out, doc)

@@ -7,7 +7,8 @@ from pathlib import Path
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 #: Shipped generator per anchor regime: K=8 trained on low, K=30 on medium (section 4.1).
-GENERATORS = {"low": "generator_k8_low", "medium": "generator_k30_medium", "high": "generator_k30_medium"}
+GENERATORS = {"low": "generator_k8_low", "medium": "generator_k30_medium", "high": "generator_k30_medium",
+              "lidar": "generator_k30_lidar"}
 #: Shipped embedded MDE weights.
 EMBEDDED_MDE = MODELS_DIR / "embedded_mde.safetensors"
 
@@ -17,7 +18,7 @@ def default_checkpoint(regime: str = "low") -> Path:
     if regime.startswith("drop"):
         regime = "low"
     elif regime.startswith("rings"):  # LiDAR patterns: the node's generator
-        regime = "medium"
+        regime = "lidar"
     name = GENERATORS.get(regime)
     if name is None:
         raise ValueError(f"no shipped generator for regime {regime!r}; choose one of {sorted(GENERATORS)}")

@@ -36,7 +36,7 @@ from .data.datasets import DATA_SPECS, describe, subset
 from .mde.backends import BACKEND_SPECS
 from .threads import add_threads_argument, set_threads
 
-METHODS = ["basis", "global", "piecewise", "lwlr", "grid", "region", "basis-f0"]
+METHODS = ["basis", "global", "global-scale", "piecewise", "lwlr", "grid", "grid-smooth", "region", "basis-f0"]
 DROP_REGIMES = [f"drop{n}" for n in DROP_COUNTS]
 RING_REGIMES = [f"rings{n}" for n in RING_COUNTS]
 METRIC_KEYS = ("abs_rel", "delta1", "rmse", "sq_rel", "delta2", "delta3", "coverage")
@@ -131,7 +131,8 @@ def checkpoint_for(checkpoints: dict[str, str] | str | None, regime: str) -> str
 class Evaluator:
     def __init__(self, methods: list[str], regimes: list[str], backend, device: torch.device,
                  checkpoint: dict[str, str] | str | None = None, ablation_checkpoint: str | None = None,
-                 basis_options: dict | None = None, allow_mde_mismatch: bool = False, cache=None) -> None:
+                 basis_options: dict | None = None, allow_mde_mismatch: bool = False, cache=None,
+                 tuned: str | None = "auto") -> None:
         from .checkpoints import check_generator_mde
 
         self.methods, self.regimes, self.backend, self.device = methods, regimes, backend, device
@@ -150,7 +151,10 @@ class Evaluator:
         if "basis-f0" in methods:
             self.ablation = load_generator(ablation_checkpoint or MODELS_DIR / "generator_k30_medium_f0", device)
             check_generator_mde(self.ablation.config, backend, allow_mde_mismatch, what="ablation generator")
-        self.aligners = {m: make(m) for m in methods if m not in ("basis", "basis-f0")}
+        self.tuned_spec = tuned
+        self._tuned: dict[str, dict] = {}  # family -> tuned options
+        self._aligners: dict[tuple, object] = {}
+        self.options_used: dict[str, dict[str, dict]] = {}  # method -> regime -> options
         self.basis = (make("basis", generator=next(iter(self.generators.values())), **(basis_options or {}))
                       if self.generators else None)
         self.rings_seen: dict[str, list[int]] = {}
@@ -197,12 +201,25 @@ class Evaluator:
                 elif m == "basis-f0":
                     res = self.basis.fit(mde, uv, z, basis_maps=f0_maps)
                 else:
-                    res = self.aligners[m].fit(mde, uv, z, regions=labels)
+                    res = self.baseline(m, regime, sample.family).fit(mde, uv, z, regions=labels)
                 met = depth_metrics(res.depth, gt, valid)
                 met["anchors"] = int(res.anchors_used[0])
                 self.per_image[m][regime].append(met)
         if figure_path is not None and fig_data is not None:
             save_figure(figure_path, sample, mde.cpu(), fig_data, gt.cpu(), valid.cpu())
+
+    def baseline(self, method: str, regime: str, family: str):
+        """The baseline as tuned for this family and regime (``tuned=None``: its defaults)."""
+        from .tune import load_tuned, tuned_options
+
+        if family not in self._tuned:
+            self._tuned[family] = load_tuned(self.tuned_spec, family)
+        opts = tuned_options(self._tuned[family], regime, method)
+        self.options_used.setdefault(method, {})[regime] = opts
+        key = (method, tuple(sorted((k, str(v)) for k, v in opts.items())))
+        if key not in self._aligners:
+            self._aligners[key] = make(method, **opts)
+        return self._aligners[key]
 
     def summary(self) -> dict:
         out = {}
@@ -346,7 +363,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir", help="MDE output cache (shared with train; default ~/.cache/scalefield_ros/features "
                    "or $SCALEFIELD_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="run the MDE on every frame instead of using the cache")
-    p.add_argument("--methods", default="basis,global,piecewise,lwlr,grid,region")
+    p.add_argument("--methods", default="basis,global,global-scale,piecewise,lwlr,grid,grid-smooth,region",
+                   help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--tuned", default="auto", help="baseline options: auto (the shipped tuned file of each image's "
+                   "family: street or indoor), street, indoor, a YAML written by `tune`")
+    p.add_argument("--untuned", action="store_true", help="run every baseline with its default options")
     p.add_argument("--regimes", default="low,medium,high,drop")
     p.add_argument("--checkpoint", help="generator checkpoint for basis: one PATH for every regime, or "
                    "REGIME=PATH,... per regime or group (low, medium, high, drop, rings, rings8, ...); "
@@ -385,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     ridge = a.ridge if a.ridge == "gcv" else float(a.ridge)
     basis_options = {"ridge": ridge, "robust": a.robust}
     ev = Evaluator(methods, regimes, backend, device, parse_checkpoints(a.checkpoint), a.ablation_checkpoint,
-                   basis_options, a.allow_mde_mismatch, cache)
+                   basis_options, a.allow_mde_mismatch, cache, None if a.untuned else a.tuned)
     for i in tqdm(range(len(ds)), desc="evaluating"):
         ev.run_sample(ds[i], i, out / f"sample_{i:02d}.png" if i < a.figures else None)
     results = ev.summary()
@@ -393,7 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
     doc = {"methods": results,
         "spectral": spectral, "skipped": ev.skipped,
         "config": {"data": a.data, "frames": describe(ds), "methods": methods, "regimes": regimes, "mde": backend.name,
-                   "checkpoints": ev.ckpt_for, "basis": basis_options}}
+                   "checkpoints": ev.ckpt_for, "basis": basis_options,
+                   "baseline_options": ev.options_used, "tuned": None if a.untuned else a.tuned}}
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     write_tables(out / "tables.md", results, spectral)
     plot_vs_anchors(out / "metrics_vs_anchors.png", results)

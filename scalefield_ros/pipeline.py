@@ -18,8 +18,11 @@ from .core.anchors import project_points
 from .mde.backends import load_backend, resolve_device
 
 #: Methods the pipeline (and node) can run; region needs labels a robot does not have.
-PIPELINE_METHODS = ("basis", "global", "piecewise", "lwlr", "grid")
+PIPELINE_METHODS = ("basis", "global", "global-scale", "piecewise", "lwlr", "grid", "grid-smooth")
 BELOW_MIN = ("global", "skip")
+GATE_POLICIES = ("skip", "publish")
+#: What diagnostics say when a fit fails the sanity gate.
+GATE_MESSAGE = "anchors disagree with the depth network: check the extrinsic, the time sync and the cloud fields"
 
 
 @dataclass
@@ -27,7 +30,7 @@ class PipelineConfig:
     method: str = "basis"
     mde: str = "embedded"
     checkpoint: str = ""  # generator checkpoint; "" = the shipped one for `generator_regime`
-    generator_regime: str = "medium"  # a LiDAR gives ~100s of anchors in view: K=30 medium model
+    generator_regime: str = "lidar"  # the node's anchors are LiDAR scan lines: the K=30 ring-pattern model
     ridge: float | str = "gcv"  # "gcv" (per frame) or a fixed lambda (the paper: 1e-3)
     min_anchors: int = 3
     below_min_anchors: str = "global"  # or "skip"
@@ -36,6 +39,14 @@ class PipelineConfig:
     occlusion_kernel: int = 5
     device: str = "auto"
     allow_mde_mismatch: bool = False  # run a generator trained for another MDE (logged; at your own risk)
+    tuned: str = "street"  # baseline options: street, indoor, a tune YAML, or "" (defaults)
+    # sanity gate (see check_alignment): limits and what to do with a frame that fails
+    min_rank_correlation: float = 0.5  # Spearman rho of MDE depth vs anchor depth at the anchors
+    max_log_ratio_spread: float = 0.8  # interquartile range of log(anchor depth / MDE depth)
+    max_anchor_residual: float = 0.35  # median |log(depth / anchor)| at the anchors after the fit
+    max_scale_ratio: float = 10.0  # p99 / p1 of the fitted scale field over the image
+    gate_policy: str = "skip"  # skip (never publish it) or publish (publish, diagnostics ERROR)
+    gate: bool = True  # False: no sanity gate (evaluation of raw methods)
 
 
 @dataclass
@@ -50,6 +61,54 @@ class FrameOutput:
     anchors_uv: np.ndarray | None = None
     anchors_depth: np.ndarray | None = None
     ridge_lambda: float = float("nan")  # the basis solve's lambda (chosen per frame with gcv)
+    gate: str = ""  # "" passed; else why the sanity gate failed the frame (it is then an error)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    r = np.empty(len(x))
+    r[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return r
+
+
+def check_alignment(depth: np.ndarray, scale: np.ndarray, mde_at: np.ndarray, uv: np.ndarray, z: np.ndarray,
+                    cfg: PipelineConfig) -> str:
+    """The sanity gate: "" when the frame is believable, else what is wrong.
+
+    Before the fit, the anchors must agree with the network: their depths must rise with
+    the MDE's (Spearman rank correlation >= ``min_rank_correlation``) and the per-anchor
+    scale ``log(z / D_mde)`` must not scatter over more than ``max_log_ratio_spread``
+    (interquartile range). After it, the fit must reach its anchors (median absolute log
+    residual <= ``max_anchor_residual``) and the scale field must be a correction, not a
+    different scene (p99 / p1 <= ``max_scale_ratio``). A wrong extrinsic or time sync
+    puts anchors on unrelated pixels; misread cloud fields (wrong type or endianness)
+    give absurd depths. Defaults were set on validation scenes (seeds < 9000; README:
+    sanity gate) to reject none of the normal frames.
+    """
+    good = np.isfinite(mde_at) & (mde_at > 0) & np.isfinite(z) & (z > 0)
+    if good.sum() >= 3:
+        a, b = _ranks(mde_at[good]), _ranks(z[good])
+        rho = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 1.0
+        if rho < cfg.min_rank_correlation:
+            return f"anchor depth vs network depth rank correlation {rho:.2f} < min_rank_correlation " \
+                   f"{cfg.min_rank_correlation:g}"
+        q75, q25 = np.percentile(np.log(z[good] / mde_at[good]), [75, 25])
+        if q75 - q25 > cfg.max_log_ratio_spread:
+            return f"anchor scale spread (IQR of log ratio) {q75 - q25:.2f} > max_log_ratio_spread " \
+                   f"{cfg.max_log_ratio_spread:g}"
+    ui, vi = uv[:, 0].astype(np.int64), uv[:, 1].astype(np.int64)
+    at = depth[vi, ui]
+    ok = np.isfinite(at) & (at > 0) & (z > 0)
+    if ok.sum() == 0:
+        return "no anchor lands on a valid output pixel"
+    res = float(np.median(np.abs(np.log(at[ok] / z[ok]))))
+    if res > cfg.max_anchor_residual:
+        return f"median anchor log residual {res:.3f} > max_anchor_residual {cfg.max_anchor_residual:g}"
+    s = scale[np.isfinite(scale) & (scale > 0)]
+    if s.size:
+        lo, hi = np.percentile(s, [1, 99])
+        if hi / max(lo, 1e-30) > cfg.max_scale_ratio:
+            return f"scale field spans {hi / max(lo, 1e-30):.3g}x (p99/p1) > max_scale_ratio {cfg.max_scale_ratio:g}"
+    return ""
 
 
 def validate_method(name: str) -> str:
@@ -62,6 +121,8 @@ class MetricDepthPipeline:
     def __init__(self, config: PipelineConfig | None = None, backend=None) -> None:
         self.cfg = cfg = config or PipelineConfig()
         validate_method(cfg.method)
+        if cfg.gate_policy not in GATE_POLICIES:
+            raise ValueError(f"gate_policy must be one of {GATE_POLICIES}, got {cfg.gate_policy!r}")
         if cfg.below_min_anchors not in BELOW_MIN:
             raise ValueError(f"below_min_anchors must be one of {BELOW_MIN}, got {cfg.below_min_anchors!r}")
         self.device = resolve_device(cfg.device)
@@ -77,6 +138,10 @@ class MetricDepthPipeline:
 
                 ckpt = self.cfg.checkpoint or default_checkpoint(self.cfg.generator_regime)
                 opts = {"checkpoint": ckpt, "device": self.device, "ridge": self.cfg.ridge}
+            else:  # baselines run as tuned on LiDAR ring patterns (config tuned_baselines)
+                from .tune import load_tuned, tuned_options
+
+                opts = tuned_options(load_tuned(self.cfg.tuned), "rings", name)
             al = make(name, **opts)
             if name == "basis":
                 from .checkpoints import check_generator_mde
@@ -122,7 +187,7 @@ class MetricDepthPipeline:
             if cfg.below_min_anchors == "skip":
                 return FrameOutput(None, None, n, "skip", f"{n} anchors < min_anchors {cfg.min_anchors}",
                                    float("nan"), t)
-            method, fallback = "global", "global"
+            method, fallback = "global-scale", "global"
         res = self.aligner(method).fit(mde, uv.to(self.device), z.to(self.device), features=feats)
         for k in ("generator", "solve", "apply"):
             t[k] = res.timings.get(k, 0.0) + (res.timings.get("prepare", 0.0) if k == "solve" else 0.0)
@@ -135,8 +200,15 @@ class MetricDepthPipeline:
         if cfg.max_depth > 0:
             depth = np.where(depth > cfg.max_depth, np.inf, depth).astype(np.float32)
         lam = res.extras.get("lambda")
+        uvn, zn = uv.cpu().numpy(), z.cpu().numpy()
+        uvl = uv.long().to(mde.device)
+        mde_at = mde[uvl[:, 1], uvl[:, 0]].float().cpu().numpy()
+        gate = check_alignment(depth, scale, mde_at, uvn, zn, cfg) if cfg.gate else ""
+        if gate and cfg.gate_policy == "skip":
+            return FrameOutput(None, None, int(res.anchors_used[0]), "skip", f"{GATE_MESSAGE} ({gate})",
+                               float(res.residual[0]), t, gate=gate)
         return FrameOutput(depth, scale, int(res.anchors_used[0]), fallback, "", float(res.residual[0]), t,
-                           uv.cpu().numpy(), z.cpu().numpy(), float(lam[0]) if lam is not None else float("nan"))
+                           uv.cpu().numpy(), z.cpu().numpy(), float(lam[0]) if lam is not None else float("nan"), gate)
 
     def process(self, rgb: np.ndarray, K: np.ndarray, points: np.ndarray, T_cam_lidar: np.ndarray) -> FrameOutput:
         """Align one frame. Never raises on bad sensor data: a skipped frame says why."""

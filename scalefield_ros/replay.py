@@ -177,12 +177,14 @@ def run(args: argparse.Namespace) -> int:
             frames.close()
     pipe = MetricDepthPipeline(pipeline_config({"method": methods[0], "mde_backend": args.mde,
                                                 "generator_checkpoint": args.checkpoint, "device": args.device,
-                                                "allow_mde_mismatch": args.allow_mde_mismatch}))
+                                                "allow_mde_mismatch": args.allow_mde_mismatch,
+                                                "tuned_baselines": replay_tuned(args)}))
     writer = ResultWriter(Path(args.out))
     bagw = BagWriter(Path(args.write_bag)) if args.write_bag else None
     mode = "gt-topic" if frames.gt_topic else f"holdout {args.holdout:.0%} of LiDAR"
     n_frames = 0
     error = None
+    rings_seen: list[int] = []
     try:
         for fs in tqdm(frames.frames(), desc="replaying", unit="frame"):
             try:
@@ -191,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
                 error = f"frame at stamp {fs.stamp}: {exc}"
                 break
             n_frames += 1
+            rings_seen.append(res.pop("_rings", -1))
             for m, (out, metrics, latency) in res.items():
                 if out.depth is None or metrics is None:
                     continue
@@ -202,8 +205,13 @@ def run(args: argparse.Namespace) -> int:
             bagw.close()
         frames.close()
     error = error or frames.error
+    seen = [r for r in rings_seen if r >= 0]
     writer.finish({"bag": str(bag), "ground_truth": mode, "frames_synced": n_frames,
-                         "frames_dropped_by_sync": frames.dropped, "error": error})
+                   "frames_dropped_by_sync": frames.dropped, "error": error,
+                   "lidar_rings_in_view": {"mean": float(np.mean(seen)), "min": int(min(seen)), "max": int(max(seen))}
+                   if seen else None})
+    if seen:
+        print(f"LiDAR rings in the camera's view: {np.mean(seen):.1f} on average ({min(seen)}-{max(seen)})")
     print((Path(args.out) / "summary.md").read_text())
     if error:
         print(f"error: {error}; wrote the {n_frames} frames evaluated before it", file=sys.stderr)
@@ -212,6 +220,25 @@ def run(args: argparse.Namespace) -> int:
         print("error: no synchronised frame in the bag (check topics and --slop)", file=sys.stderr)
         return 2
     return 0
+
+
+def lidar_rings_in_view(cloud, points: np.ndarray, K: np.ndarray, T: np.ndarray, size: tuple[int, int]) -> int:
+    """How many LiDAR rings reach into the image (a ``ring`` field, else the scan order)."""
+    from .core.rings import rings_from_scan_order, visible_rings
+
+    rings = cv.cloud_field(cloud, "ring")
+    if rings is None or len(rings) != len(points):
+        rings = rings_from_scan_order(points)
+    return len(visible_rings(points, rings, T, K, size))
+
+
+def replay_tuned(args) -> str:
+    """Baseline options: --untuned, --tuned, or by the evaluation range (street beyond 20 m)."""
+    if args.untuned:
+        return ""
+    if args.tuned != "auto":
+        return args.tuned
+    return "street" if args.max_depth > 20 else "indoor"
 
 
 def evaluate_frame(pipe: MetricDepthPipeline, frames: BagFrames, fs: FrameSet, methods: list[str], args,
@@ -236,7 +263,7 @@ def evaluate_frame(pipe: MetricDepthPipeline, frames: BagFrames, fs: FrameSet, m
         eval_uv, eval_z = uv[held].numpy(), z[held].numpy()
         uv, z = uv[keep], z[keep]
     mde, feats, t_mde = pipe.predict(rgb)
-    out = {}
+    out = {"_rings": lidar_rings_in_view(fs.cloud, pts, cam.K, T, rgb.shape[:2])}
     for m in methods:
         t1 = time.perf_counter()
         res = pipe.align(mde, feats, uv, z, method=m)
@@ -279,7 +306,8 @@ def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
                  Parameter("mde_backend", value=args.mde), Parameter("generator_checkpoint", value=args.checkpoint),
                  Parameter("extrinsic_translation", value=t), Parameter("extrinsic_rotation", value=q),
                  Parameter("image_transport", value="compressed" if frames.compressed else "raw"),
-                 Parameter("qos_reliability", value="reliable"), Parameter("qos_depth", value=50)]
+                 Parameter("qos_reliability", value="reliable"), Parameter("qos_depth", value=50),
+                 Parameter("tuned_baselines", value=replay_tuned(args))]
     rig = LoopbackRig(overrides, sensor_reliable=True)
     writer = ResultWriter(Path(args.out))
     img_type = CompressedImage if frames.compressed else Image
@@ -336,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-depth", type=float, default=80.0, help="evaluation range (80 outdoor, 10 indoor)")
     p.add_argument("--mde", default=PARAM_DEFAULTS["mde_backend"])
     p.add_argument("--checkpoint", default="")
+    p.add_argument("--tuned", default="auto", help="baseline options: auto (street when --max-depth > 20 m, else "
+                   "indoor), street, indoor or a YAML written by `tune`")
+    p.add_argument("--untuned", action="store_true", help="run the baselines with their default options")
     p.add_argument("--allow-mde-mismatch", action="store_true",
                    help="run a generator trained for another MDE (refused by default; logged when allowed)")
     p.add_argument("--device", default="auto")

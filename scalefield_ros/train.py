@@ -55,6 +55,7 @@ class TrainConfig:
     cache_dir: str | None = None
     num_basis: int = 8
     width: int = 32
+    work_pixels: int = 8192  # generator working grid (pixels), F resized to it; 0 = F's own grid
     use_features: bool = True  # False: the F(x) = 0 ablation
     regime: str = "low"
     ring_fraction: float = 0.0  # share of images whose anchors are a random LiDAR ring pattern
@@ -389,7 +390,8 @@ def run(cfg: TrainConfig, out: Path, resume: bool = False, init: str | None = No
         gen.config.use_features = cfg.use_features
     else:
         gen = BasisMapGenerator(GeneratorConfig(num_basis=cfg.num_basis, feature_channels=feat_c, width=cfg.width,
-                                                mde=cfg.mde, use_features=cfg.use_features))
+                                                mde=cfg.mde, use_features=cfg.use_features,
+                                                work_pixels=cfg.work_pixels))
     gen.config.mde_name = backend.name
     gen.config.mde_feature_size = list(train_items[0].feats.shape[-2:])
     gen = gen.to(device)

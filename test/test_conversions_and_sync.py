@@ -39,7 +39,7 @@ def test_depth_encodings_and_errors():
         cv.image_to_array(bad)
     short = cv.array_to_image(T, np.zeros((4, 4, 3), np.uint8), "rgb8", _header())
     short.height = 8
-    with pytest.raises(cv.ConversionError, match="does not fit"):
+    with pytest.raises(cv.ConversionError, match="48 bytes but 4x8 rgb8 with step 12 is 96 bytes"):
         cv.image_to_array(short)
 
 
@@ -109,3 +109,102 @@ def test_sync_recovers_when_time_goes_back():
     for i, name in enumerate(("img", "info", "cloud")):
         s.add(i, f"{name}40", 40 * s_)
     assert out == [("img40", "info40", "cloud40")]
+
+
+def _cloud(pts, datatype=7, bigendian=False, point_step=None, row_step=None, extra=0):
+    """A PointCloud2 of xyz in the given float type (as a driver writes it)."""
+    fmt = {7: "f4", 8: "f8"}.get(datatype, "f4")
+    size = np.dtype(fmt).itemsize
+    order = ">" if bigendian else "<"
+    step = point_step or 3 * size
+    data = np.zeros((len(pts), 3 * size), np.uint8)
+    data[:] = np.asarray(pts, order + fmt).view(np.uint8).reshape(len(pts), 3 * size)
+    buf = np.zeros((len(pts), max(step, 3 * size)), np.uint8)
+    buf[:, : 3 * size] = data
+    raw = buf[:, :step].reshape(-1) if step >= 3 * size else buf.reshape(-1)
+    raw = np.concatenate([raw, np.zeros(extra, np.uint8)])
+    fields = [T.PointField(name=nm, offset=i * size, datatype=datatype, count=1) for i, nm in enumerate("xyz")]
+    return T.PointCloud2(header=_header(), height=1, width=len(pts), fields=fields, is_bigendian=bigendian,
+                         point_step=step, row_step=row_step if row_step is not None else step * len(pts),
+                         data=raw, is_dense=True)
+
+
+PTS = [[1.0, 2.0, 10.0], [3.0, -1.0, 20.0]]
+
+
+def test_float64_and_big_endian_clouds_are_read_correctly():
+    assert np.allclose(cv.cloud_to_xyz(_cloud(PTS, datatype=8)), PTS)
+    assert np.allclose(cv.cloud_to_xyz(_cloud(PTS, bigendian=True)), PTS)
+
+
+def _retyped(datatype):
+    msg = _cloud(PTS)
+    for f in msg.fields:
+        f.datatype = datatype
+    return msg
+
+
+def _flag_big_endian():
+    msg = _cloud(PTS)
+    msg.is_bigendian = True  # the buffer is little endian: values become garbage but finite
+    return msg
+
+
+def _short_step():
+    msg = _cloud(PTS)
+    msg.point_step = 8
+    msg.row_step = 16
+    return msg
+
+
+def _float64_at_float32_offsets():
+    msg = _cloud(PTS)
+    for f in msg.fields:
+        f.datatype = 8
+    return msg
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: _retyped(1), "coordinates must be FLOAT32"),          # INT8
+    (lambda: _retyped(5), "coordinates must be FLOAT32"),          # INT32
+    (_float64_at_float32_offsets, "does not fit in point_step"),   # FLOAT64 at float32 offsets
+    (_short_step, "does not fit in point_step"),                    # point_step smaller than the fields
+    (lambda: _cloud(PTS, extra=5), "header does not describe this buffer"),
+    (lambda: _cloud(PTS, row_step=4), "row_step"),
+])
+def test_malformed_clouds_are_refused_with_a_reason(make, match):
+    with pytest.raises(cv.ConversionError, match=match):
+        cv.cloud_to_xyz(make())
+
+
+def test_wrong_endianness_flag_reads_but_gives_absurd_coordinates():
+    # No layout check can see a wrong is_bigendian flag on floats; the node's sanity gate catches it.
+    xyz = cv.cloud_to_xyz(_flag_big_endian())
+    assert len(xyz) == 0 or np.abs(xyz).max() > 1e6 or np.abs(xyz).min() < 1e-6
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda m: (setattr(m, "encoding", "mono8"), setattr(m, "width", 40), setattr(m, "height", 2),
+                setattr(m, "step", 40 * 3)), "more than twice a row"),  # mono8 label on rgb8 data
+    (lambda m: setattr(m, "data", np.concatenate([np.asarray(m.data), np.zeros(7, np.uint8)])), "bytes but"),
+    (lambda m: setattr(m, "width", 0), "must be positive"),
+    (lambda m: setattr(m, "step", 3), "shorter than a row"),
+])
+def test_malformed_images_are_refused_with_a_reason(mutate, match):
+    msg = cv.array_to_image(T, np.zeros((2, 40, 3), np.uint8), "rgb8", _header())
+    mutate(msg)
+    with pytest.raises(cv.ConversionError, match=match):
+        cv.image_to_array(msg)
+
+
+@pytest.mark.parametrize("K,match", [
+    ([[np.nan, 0, 160], [0, 300, 120], [0, 0, 1]], "NaN or inf"),
+    ([[1e-9, 0, 160], [0, 1e-9, 120], [0, 0, 1]], "fx = 1e-09 px is implausible"),
+    ([[300, 0, 160], [0, 1e6, 120], [0, 0, 1]], "fy = 1e\\+06 px is implausible"),
+    ([[300, 0, -50], [0, 300, 120], [0, 0, 1]], "principal point"),
+])
+def test_implausible_intrinsics_are_refused(K, match):
+    info = cv.make_camera_info(T, np.array([[300.0, 0, 160], [0, 300, 120], [0, 0, 1]]), 320, 240, _header())
+    info.k = np.array(K, np.float64).reshape(-1)
+    with pytest.raises(cv.ConversionError, match=match):
+        cv.camera_info_to_model(info)

@@ -9,13 +9,15 @@ from scalefield_ros.core import aligners
 from scalefield_ros.core.generator import BasisMapGenerator, BasisMaps
 from scalefield_ros.core.metrics import depth_metrics
 
-ALL = ["global", "piecewise", "lwlr", "grid", "region", "basis"]
+ALL = ["global", "global-scale", "piecewise", "lwlr", "grid", "grid-smooth", "region", "basis"]
 
 
 def _make(name):
     if name == "basis":
         torch.manual_seed(0)
         return aligners.make("basis", generator=BasisMapGenerator(num_basis=8, width=8))
+    if name == "grid":  # eq 4 alone: a lattice that 10 spread anchors support everywhere
+        return aligners.make("grid", rows=2, cols=2)
     return aligners.make(name)
 
 
@@ -222,3 +224,32 @@ def test_mismatched_anchor_shapes_are_a_clear_error(smooth_depth):
     d, uv = smooth_depth
     with pytest.raises(ValueError, match="anchors_uv must be"):
         aligners.make("global").fit(d, uv, torch.ones(7))
+
+
+def test_eq4_grid_leaves_unsupported_cells_nan_and_grid_smooth_fills_them(smooth_depth):
+    d, _ = smooth_depth
+    gt = 1.5 * d
+    uv = torch.tensor([[2.0, 2.0], [10.0, 5.0], [5.0, 12.0], [12.0, 14.0]])  # top-left corner only
+    faithful = aligners.make("grid", rows=4, cols=4).fit(d, uv, at(gt, uv))
+    smooth = aligners.make("grid-smooth", rows=4, cols=4).fit(d, uv, at(gt, uv))
+    nan = torch.isnan(faithful.depth)
+    assert nan[:, -10:, -10:].all() and (~nan[:, :3, :3]).all()
+    assert 0.3 < float(nan.float().mean()) < 0.99
+    ok = ~nan
+    assert float(((faithful.depth[ok] - gt[ok]).abs() / gt[ok]).max()) < 1e-4
+    assert torch.isfinite(smooth.depth).all()
+
+
+def test_global_scale_variants_and_the_robust_fallback(smooth_depth):
+    d, uv = smooth_depth
+    gt = 3.0 * d
+    z = at(gt, uv)
+    z[:, 0] *= 20.0  # one wild anchor (a reflection)
+    med = aligners.make("global-scale").fit(d, uv, z)
+    mean = aligners.make("global-scale", space="log").fit(d, uv, z)
+    assert float((med.scale / 3.0 - 1).abs().max()) < 1e-5
+    assert float((mean.scale / 3.0 - 1).abs().max()) > 0.2
+    eq2 = aligners.make("global").fit(d, uv, z)
+    assert "shift" in eq2.extras and "shift" not in med.extras
+    with pytest.raises(ValueError, match="space"):
+        aligners.make("global", space="cubic")

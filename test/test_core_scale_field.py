@@ -154,3 +154,20 @@ def test_losses_values():
     assert abs(losses.decorrelation_loss(same).item() - 1.0) < 1e-6
     uniform = torch.full((1, 4, 2, 2), 0.25)
     assert abs(losses.gate_negative_entropy(uniform).item() - np.log(0.25)) < 1e-6
+
+
+def test_work_pixels_grid_is_independent_of_feature_size():
+    gen = BasisMapGenerator(num_basis=4, feature_channels=6, width=8, work_pixels=2048).eval()
+    d = torch.rand(1, 120, 160) + 0.5
+    sizes = set()
+    for fh, fw in ((30, 40), (120, 160), (37, 37)):
+        with torch.no_grad():
+            maps = gen(d, torch.randn(1, 6, fh, fw))
+        sizes.add(tuple(maps.E.shape[-2:]))
+        assert maps.size == (120, 160)
+    assert len(sizes) == 1
+    (h, w), = sizes
+    assert abs(h * w - 2048) < 0.1 * 2048 and abs(w / h - 160 / 120) < 0.1
+    legacy = BasisMapGenerator(num_basis=4, feature_channels=6, width=8).eval()  # work_pixels 0: F's own grid
+    with torch.no_grad():
+        assert tuple(legacy(d, torch.randn(1, 6, 30, 40)).E.shape[-2:]) == (30, 40)

@@ -165,3 +165,95 @@ def test_lidar_only_training_from_bags(tmp_path):
     gen = load_generator(tmp_path / "run" / "best")
     assert gen.config.mde_name.startswith("embedded-")
     assert np.isfinite(json.loads((tmp_path / "run" / "best.json").read_text())["val"]["abs_rel"])
+
+
+def test_generator_for_another_mde_is_refused_unless_overridden(tmp_path, monkeypatch):
+    import warnings
+
+    from scalefield_ros.checkpoints import MDEMismatchError, check_generator_mde, default_checkpoint
+    from scalefield_ros.core.generator import load_generator
+    from scalefield_ros.pipeline import MetricDepthPipeline, PipelineConfig
+
+    gen = load_generator(default_checkpoint("medium"))
+    assert gen.config.mde_name == load_backend("embedded", "cpu").name
+
+    class Other:  # another network with the same channel count
+        name = "other-mde-32ch"
+        feature_channels = 32
+
+    with pytest.raises(MDEMismatchError, match="trained for MDE 'embedded-.*' but runs on 'other-mde-32ch'"):
+        check_generator_mde(gen.config, Other())
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        check_generator_mde(gen.config, Other(), allow_mismatch=True)
+    assert any("OVERRIDE" in str(x.message) for x in w)
+    Other.feature_channels = 16
+    with pytest.raises(MDEMismatchError, match="16"):
+        check_generator_mde(gen.config, Other(), allow_mismatch=True)  # cannot run at all
+    # the node's pipeline and evaluate refuse at start
+    Other.feature_channels = 32
+    with pytest.raises(MDEMismatchError):
+        MetricDepthPipeline(PipelineConfig(device="cpu"), backend=Other())
+    MetricDepthPipeline(PipelineConfig(device="cpu", allow_mde_mismatch=True), backend=Other())
+
+
+def test_evaluate_takes_a_checkpoint_per_regime_and_records_what_ran(tmp_path):
+    from scalefield_ros import evaluate
+    from scalefield_ros.checkpoints import default_checkpoint
+
+    k8, k30 = str(default_checkpoint("low")), str(default_checkpoint("medium"))
+    assert evaluate.checkpoint_for(evaluate.parse_checkpoints(f"low={k30},rings={k8}"), "low") == k30
+    assert evaluate.checkpoint_for(evaluate.parse_checkpoints(f"low={k30},rings={k8}"), "rings8") == k8
+    assert evaluate.checkpoint_for(evaluate.parse_checkpoints(f"drop={k30}"), "drop3") == k30
+    assert evaluate.checkpoint_for(None, "medium") == k30
+    with pytest.raises(ValueError, match="REGIME=PATH"):
+        evaluate.parse_checkpoints("low=")
+    doc = evaluate.main(["--data", "synthetic:indoor", "--seeds", "9000", "--methods", "basis", "--regimes",
+                         "low,medium", "--checkpoint", f"low={k30},medium={k8}", "--figures", "0", "--device", "cpu",
+                         "--out", str(tmp_path / "e")])
+    assert doc["config"]["checkpoints"] == {"low": k30, "medium": k8}
+    assert doc["config"]["frames"] == {"kind": "synthetic", "families": ["indoor"], "seeds": "9000-9000",
+                                       "images": 1}
+
+
+def test_file_datasets_subsample_and_ignored_keys_warn(tmp_path):
+    from scalefield_ros import evaluate, train
+    from scalefield_ros.data.datasets import Subset
+
+    root = tmp_path / "k"
+    from scalefield_ros import synth
+
+    synth.main(["--world", "street", "--frames", "4", "--seed", "9001", "--out", str(root)])
+    doc = evaluate.main(["--data", f"kitti:{tmp_path}", "--methods", "global", "--regimes", "low", "--every", "2",
+                         "--limit", "1", "--figures", "0", "--device", "cpu", "--out", str(tmp_path / "e")])
+    assert doc["methods"]["global"]["low"]["images"] == 1
+    rec = doc["config"]["frames"]
+    assert rec["kind"] == "KittiDataset" and rec["images"] == 1 and "seeds" not in rec
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(f"data: kitti:{tmp_path}\nseeds: '100-200'\nevery: 2\n")
+    with pytest.warns(UserWarning, match="seeds only apply to synthetic data"):
+        cfg = train.TrainConfig.load(cfg_path, {})
+    ds = train._dataset(cfg)
+    assert isinstance(ds, Subset) and len(ds) == 2
+    help_text = subprocess.run([sys.executable, "-m", "scalefield_ros.evaluate", "--help"], capture_output=True,
+                               text=True, cwd=ROOT).stdout
+    for spec in ("kitti:PATH", "kitti-object:PATH", "nyu:PATH", "sun:PATH", "folder:PATH", "bag:PATH",
+                 "depth-anything-v2:PATH", "dpt:PATH", "da3:PATH", "onnx:PATH", "package.module:Class"):
+        assert spec in help_text, spec
+
+
+def test_thread_setting():
+    from scalefield_ros.threads import default_threads, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(3) == 3 and torch.get_num_threads() == 3
+        assert set_threads(0) == default_threads() >= 1
+        with pytest.raises(ValueError, match=">= 0"):
+            set_threads(-1)
+    finally:
+        torch.set_num_threads(before)
+    for module in ("train", "evaluate", "replay", "bench", "synth", "demo", "tune"):
+        out = subprocess.run([sys.executable, "-m", f"scalefield_ros.{module}", "--help"], capture_output=True,
+                             text=True, cwd=ROOT).stdout
+        assert "--threads" in out, module

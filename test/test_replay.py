@@ -38,6 +38,8 @@ def test_contract_command_on_both_formats(bags, tmp_path, suffix):
     assert set(m) == {"basis", "global"} and m["basis"]["frames"] == 3
     assert doc["ground_truth"] == "gt-topic"
     assert m["basis"]["abs_rel"] < m["global"]["abs_rel"] < 0.5
+    # the synthetic 64-beam scanner puts about 40 rings into a 29 deg vertical field of view
+    assert 30 <= doc["lidar_rings_in_view"]["min"] <= doc["lidar_rings_in_view"]["max"] <= 45
     rows = _rows(tmp_path / "o")
     assert len(rows) == 6 and set(rows[0]) >= {"stamp", "method", "anchors", "abs_rel", "delta1", "rmse", "latency_ms"}
     assert (tmp_path / "o" / "metrics_over_time.png").is_file() and (tmp_path / "o" / "summary.md").is_file()

@@ -65,3 +65,24 @@ def test_bag_suffix_is_checked(tmp_path):
 
     with pytest.raises(ValueError, match=".mcap or .db3"):
         write_bag(tmp_path / "x.bag", [])
+
+
+def test_synth_checks_outputs_before_rendering(tmp_path, capsys):
+    import time
+
+    t = time.perf_counter()
+    with pytest.raises(SystemExit) as exc:
+        synth.main(["--frames", "50", "--out", str(tmp_path / "seq"), "--bag", str(tmp_path / "seq.mcap")])
+    assert exc.value.code == 2 and time.perf_counter() - t < 2.0  # refused before rendering 50 frames
+    assert "would be the --out folder" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(SystemExit):
+        synth.main(["--frames", "1", "--out", str(tmp_path / "k"), "--bag", str(tmp_path / "taken.mcap")])
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_synth_seed_range_writes_one_bag_per_scene(tmp_path):
+    synth.main(["--world", "indoor", "--frames", "1", "--seed", "300-301", "--out", str(tmp_path / "k"),
+                "--bag", str(tmp_path / "bags" / "s.mcap")])
+    assert (tmp_path / "k" / "indoor_300").is_dir() and (tmp_path / "k" / "indoor_301").is_dir()
+    assert sorted(p.name for p in (tmp_path / "bags").iterdir()) == ["s_indoor_300", "s_indoor_301"]

@@ -12,7 +12,9 @@ Shared, documented behaviour for degenerate input (all methods):
 * an image with no usable anchor gets NaN depth and scale and ``fallback == "no_anchors"``;
 * an image with fewer usable anchors than the method needs (``aligner.min_anchors``) or
   whose anchors cannot determine the method's parameters (e.g. all at one MDE depth for
-  scale + shift) is aligned with a global scale (``fallback == "global_scale"``);
+  scale + shift) is aligned with a global scale, the median log ratio of the anchors
+  (``fallback == "global_scale"``; chosen by measurement over eq 2 and least-squares
+  scale fits on LiDAR anchors, see the README);
 * pixels where the MDE depth is not positive, or where an affine model predicts a
   non-positive depth, are NaN in ``.depth`` and ``.scale`` (never a made-up number).
 
@@ -195,7 +197,7 @@ class Aligner:
         need = (~ok) | (counts < self.min_anchors)
         fallback = []
         if bool(need.any()):
-            s = global_scale_fit(mde_at, anchors.depth, anchors.mask)
+            s = log_scale_fit(mde_at, anchors.depth, anchors.mask)
             depth = torch.where(need[:, None, None], s[:, None, None] * mde, depth)
         depth = torch.where(mde_valid & (depth > 0) & torch.isfinite(depth), depth, _nan_like(depth))
         none = counts == 0
@@ -218,28 +220,59 @@ class Aligner:
         raise NotImplementedError
 
 
-class GlobalAligner(Aligner):
-    """Global scale and shift (eq 2), least squares in depth space.
+def log_scale_fit(mde_at: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, robust: bool = True) -> torch.Tensor:
+    """Scale-only global fit in log space: ``s = exp(median_i log(z_i / D_i))`` (``robust``) or
+    the mean (least squares on log ratios). Returns ``(B,)``; NaN without anchors.
 
-    ``shift=False`` fits a scale only (relative least squares, see ``global_scale_fit``).
+    Log ratios treat near and far anchors alike and a wrong anchor moves the median by at
+    most one rank: the node's fallback when too few anchors are in view.
+    """
+    lr = torch.log(depth.double().clamp_min(1e-12)) - torch.log(mde_at.double().clamp_min(1e-12))
+    if robust:
+        v = torch.nanmedian(torch.where(mask, lr, torch.full_like(lr, float("nan"))), dim=1).values
+    else:
+        v = (lr * mask).sum(1) / mask.sum(1).clamp_min(1)
+    return torch.where(mask.any(1), torch.exp(v), torch.full_like(v, float("nan"))).to(mde_at.dtype)
+
+
+class GlobalAligner(Aligner):
+    """Global alignment: scale and shift (eq 2, least squares in depth space) by default.
+
+    ``shift=False`` fits a scale only: ``space="relative"`` least squares on relative
+    error (``global_scale_fit``), ``"log"`` least squares on log ratios, ``"log-median"``
+    the median log ratio (robust; what the node falls back to). The registry's
+    ``global-scale`` is ``shift=False, space="log-median"``.
     """
 
     name = "global"
+    SPACES = ("relative", "log", "log-median")
 
-    def __init__(self, shift: bool = True) -> None:
-        self.shift = shift
+    def __init__(self, shift: bool = True, space: str = "relative") -> None:
+        if space not in self.SPACES:
+            raise ValueError(f"global space must be one of {self.SPACES}, got {space!r}")
+        self.shift, self.space = shift, space
         self.min_anchors = 2 if shift else 1
 
     def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
         a = ctx.anchors
         if not self.shift:
-            s = global_scale_fit(ctx.mde_at, a.depth, a.mask)
+            if self.space == "relative":
+                s = global_scale_fit(ctx.mde_at, a.depth, a.mask)
+            else:
+                s = log_scale_fit(ctx.mde_at, a.depth, a.mask, robust=self.space == "log-median")
+            ctx.extras.update(scale=s)
             ctx.watch.lap("solve")
             return s[:, None, None] * ctx.mde, torch.isfinite(s)
         s, t, ok = affine_fit(ctx.mde_at, a.depth, a.mask)
         ctx.extras.update(scale=s, shift=t)
         ctx.watch.lap("solve")
         return s[:, None, None] * ctx.mde + t[:, None, None], ok
+
+
+def global_scale_only(**options) -> GlobalAligner:
+    """``global-scale``: eq 2 without the shift, robust log-space fit unless ``space`` says otherwise."""
+    options.setdefault("space", "log-median")
+    return GlobalAligner(shift=False, **options)
 
 
 class PiecewiseAligner(Aligner):
@@ -352,24 +385,32 @@ class LWLRAligner(Aligner):
 
 
 class GridAligner(Aligner):
-    """Bilinear scale grid (eq 4, HI-SLAM2), solved by regularised least squares.
+    """Bilinear scale grid (eq 4, HI-SLAM2), solved by least squares.
 
     Scales s_k live on a ``rows x cols`` lattice of vertices spanning the image (corners
     included); s(x) is the bilinear interpolation (eq 4). With R the relative residuals
-    ``(s(a_i) D_i - z_i) / z_i`` the vertices minimise
-    ``|R|^2 + smooth * sum_{k~l} (s_k - s_l)^2 + prior * sum_k (s_k - s_glob)^2``:
-    the smoothness term (4-neighbour lattice Laplacian) carries scale into cells without
-    anchors, and the weak prior toward the global scale keeps the system well posed.
-    Our choices: 4 x 8 vertices, smooth = 0.1, prior = 1e-3. A 1 x 1 grid is exactly the
-    global scale fit.
+    ``(s(a_i) D_i - z_i) / z_i`` the vertices minimise ``|R|^2`` - eq 4 exactly, with
+    ``smooth = prior = 0`` (the registry's ``grid``). A vertex no anchor touches is then
+    undetermined: pixels that depend on one are NaN (an unsupported extrapolation is never
+    published); a 1e-9 ridge only keeps the solve well posed.
+
+    ``grid-smooth`` is our variant with two terms eq 4 does not have:
+    ``+ smooth * sum_{k~l} (s_k - s_l)^2 + prior * sum_k (s_k - s_glob)^2`` - a 4-neighbour
+    lattice Laplacian that carries scale into cells without anchors and a weak pull toward
+    the global scale, so every pixel gets a value. Defaults there: 4 x 8 vertices,
+    smooth = 0.1, prior = 1e-3 (untuned; ``config/tuned_*.yaml`` hold tuned values). A
+    1 x 1 grid is exactly the global scale fit. Relative residuals are our choice (HI-SLAM2
+    optimises the grid inside its bundle adjustment; the paper states only eq 4).
     """
 
     name = "grid"
 
-    def __init__(self, rows: int = 4, cols: int = 8, smooth: float = 0.1, prior: float = 1e-3) -> None:
+    def __init__(self, rows: int = 4, cols: int = 8, smooth: float = 0.0, prior: float = 0.0) -> None:
         if rows < 1 or cols < 1:
             raise ValueError(f"grid needs at least 1 x 1 vertices, got {rows} x {cols}")
-        self.rows, self.cols, self.smooth, self.prior = rows, cols, smooth, prior
+        if smooth < 0 or prior < 0:
+            raise ValueError(f"grid smooth and prior must be >= 0, got {smooth} and {prior}")
+        self.rows, self.cols, self.smooth, self.prior = int(rows), int(cols), smooth, prior
         self.min_anchors = 1
 
     def _laplacian(self, device: torch.device) -> torch.Tensor:
@@ -412,13 +453,27 @@ class GridAligner(Aligner):
         phi = phi * a.mask.double()[..., None]
         g = self.rows * self.cols
         eye = torch.eye(g, device=phi.device, dtype=torch.float64)
-        A = phi.transpose(1, 2) @ phi + self.smooth * self._laplacian(phi.device) + self.prior * eye
+        A = phi.transpose(1, 2) @ phi + self.smooth * self._laplacian(phi.device) + max(self.prior, 1e-9) * eye
         rhs = phi.sum(1) + self.prior * torch.nan_to_num(sg, nan=1.0)[:, None]
         s_k = torch.linalg.solve(A, rhs).float().view(b, 1, self.rows, self.cols)
         ctx.extras.update(grid=s_k[:, 0])
         ctx.watch.lap("solve")
         s_px = F.interpolate(s_k, size=(h, w), mode="bilinear", align_corners=True)[:, 0]
-        return s_px * ctx.mde, torch.isfinite(sg)
+        depth = s_px * ctx.mde
+        if self.smooth == 0 and self.prior == 0:
+            # eq 4 alone: pixels touching a vertex without anchor support have no estimate
+            support = (self.hat_weights(a.uv, (h, w)) * a.mask.double()[..., None]).sum(1)  # (B, G)
+            bad = (support < 1e-6).float().view(b, 1, self.rows, self.cols)
+            touch = F.interpolate(bad, size=(h, w), mode="bilinear", align_corners=True)[:, 0] > 1e-6
+            depth = torch.where(touch, _nan_like(depth), depth)
+        return depth, torch.isfinite(sg)
+
+
+def grid_smooth(**options) -> GridAligner:
+    """``grid-smooth``: the bilinear grid with our smoothness and global-prior terms."""
+    options.setdefault("smooth", 0.1)
+    options.setdefault("prior", 1e-3)
+    return GridAligner(**options)
 
 
 class RegionAligner(Aligner):
@@ -571,9 +626,11 @@ class BasisAligner(Aligner):
 _REGISTRY: dict[str, Callable[..., Aligner]] = {
     "basis": BasisAligner,
     "global": GlobalAligner,
+    "global-scale": global_scale_only,
     "piecewise": PiecewiseAligner,
     "lwlr": LWLRAligner,
     "grid": GridAligner,
+    "grid-smooth": grid_smooth,
     "region": RegionAligner,
 }
 

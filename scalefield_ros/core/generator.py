@@ -1,9 +1,12 @@
 """The basis map generator (paper section 3.2, eqs 17-19).
 
-Input resolution (the choice the issue asks us to justify): the generator runs at the
-resolution of the MDE features F, with the depth *downsampled* to it (area average in
-log space); the basis maps stand for their bilinear upsampling to the depth resolution
-(see :class:`BasisMaps`). F carries no information finer than its own grid, upsampling F's C channels
+Input resolution: with ``work_pixels > 0`` (the default for new training) the generator
+works on a grid of about that many pixels with the image's aspect ratio, and F is resized
+to it (area average when shrinking, bilinear when growing), so its cost is the same for
+any MDE: a 224x320 decoder map and a 37x37 ViT grid cost alike. With ``work_pixels = 0``
+(checkpoints trained before the setting existed) it runs at the resolution of F. The depth
+is *downsampled* to the working grid (area average in log space); the basis maps stand
+for their bilinear upsampling to the depth resolution (see :class:`BasisMaps`). F carries no information finer than its own grid, upsampling F's C channels
 to full resolution would multiply the trunk's cost by the feature stride squared, and the
 log-scale field is smooth within objects, so the maps lose little. When no features are
 given (F = 0 ablation, or an MDE without features) the generator works at
@@ -34,6 +37,7 @@ class GeneratorConfig:
     feature_channels: int = 0  # C of F(x); 0 = the generator takes no features
     width: int = 32  # trunk channels
     work_size: int = 256  # longest side of the working grid when F is absent
+    work_pixels: int = 0  # working grid of about this many pixels, F resized to it; 0 = F's own grid
     mde: str = "embedded"  # the --mde spec the generator was trained with (informational)
     mde_name: str = ""  # the backend's identity (network + weights digest); "" = not recorded
     mde_feature_size: list | None = None  # (h, w) of F at the training image size (informational)
@@ -137,9 +141,14 @@ class BasisMapGenerator(nn.Module):
         return self.config.num_basis
 
     def _work_size(self, mde_depth: torch.Tensor, features: torch.Tensor | None) -> tuple[int, int]:
+        h, w = mde_depth.shape[-2:]
+        if self.config.work_pixels > 0:
+            # about work_pixels pixels with the image's aspect ratio, whatever F's grid is:
+            # the trunk's cost no longer follows the MDE's feature resolution
+            s = min(1.0, (self.config.work_pixels / (h * w)) ** 0.5)
+            return max(8, round(h * s)), max(8, round(w * s))
         if features is not None:
             return int(features.shape[-2]), int(features.shape[-1])
-        h, w = mde_depth.shape[-2:]
         s = min(1.0, self.config.work_size / max(h, w))
         return max(8, round(h * s)), max(8, round(w * s))
 
@@ -164,7 +173,13 @@ class BasisMapGenerator(nn.Module):
                 # F(x) = 0 ablation: same channels, same parameters, no information.
                 parts.append(torch.zeros(b, cfg.feature_channels, *size, device=mde_depth.device, dtype=dtype))
             else:
-                parts.append(features.to(dtype))
+                f = features.to(dtype)
+                if tuple(f.shape[-2:]) != tuple(size):
+                    # area average when shrinking (no aliasing), bilinear when growing
+                    shrink = f.shape[-2] * f.shape[-1] > size[0] * size[1]
+                    f = F.interpolate(f, size=size, mode="area") if shrink else \
+                        F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                parts.append(f)
         parts.append(_log_depth_inputs(mde_depth.to(dtype), size))
         parts.append(_coords(b, size, mde_depth.device, dtype))
         x = torch.cat(parts, dim=1)

@@ -57,7 +57,7 @@ class RidgeSettings:
     free_intercept: bool = True
     gcv_grid: int = 48
     gcv_range: tuple[float, float] = (1e-6, 1e3)  # relative to the mean eigenvalue of A
-    gcv_min: float = 1e-6  # absolute floor: keeps every system solvable
+    gcv_min: float = PAPER_LAMBDA  # floor: never below the lambda the generator was trained with
     robust: str = "none"
     robust_iters: int = 3
     robust_c: float | None = None  # None = ROBUST_C[robust]
@@ -92,7 +92,6 @@ class RidgeSolution:
     n: torch.Tensor  # (B,) effective anchor count (sum of robust weights)
     cov: torch.Tensor  # (B, K, K) A_lam^-1 (times sigma2: posterior covariance of w)
     anchor_weights: torch.Tensor  # (B, N) robust weights in [0, 1] (mask as 0/1 without)
-    residual: torch.Tensor  # (B, N) y - M w (0 where masked)
 
     def log_variance(self, e: torch.Tensor) -> torch.Tensor:
         """Predictive variance of ``l = e^T w`` for basis vectors ``e`` of shape ``(B, K, ...)``.
@@ -106,14 +105,26 @@ class RidgeSolution:
         return (s2 * (1.0 + quad)).to(e.dtype)
 
 
-def _centre(m: torch.Tensor, y: torch.Tensor, wt: torch.Tensor, free: bool):
-    """Weighted means of the non-intercept columns and y, and the centred system."""
+def _moments(m: torch.Tensor, y: torch.Tensor, wt: torch.Tensor, free: bool):
+    """Weighted normal equations of the (centred) system from one pass over the anchors.
+
+    Returns ``a = M'^T W M'``, ``rhs = M'^T W y'``, ``yy = y'^T W y'`` and the weighted
+    means ``(m_bar, y_bar)`` (None without a free intercept), where ' marks centring:
+    with the constant column 0 left unpenalised, the other columns and y are centred by
+    their weighted means, which is ``a = G_11 - g g^T / sw`` on the uncentred moments.
+    """
+    mw = m * wt.unsqueeze(-1)
+    g = mw.transpose(1, 2) @ torch.cat([m, y.unsqueeze(-1)], -1)  # (B, K, K+1): [M^T W M | M^T W y]
+    yy = (wt * y.square()).sum(1)
+    gram, rhs = g[..., :-1], g[..., -1]
     if not free:
-        return m, y, None, None
-    sw = wt.sum(1, keepdim=True).clamp_min(1e-30)
-    m_bar = (wt.unsqueeze(-1) * m[..., 1:]).sum(1) / sw  # (B, K-1)
-    y_bar = (wt * y).sum(1, keepdim=True) / sw  # (B, 1)
-    return m[..., 1:] - m_bar.unsqueeze(1), y - y_bar, m_bar, y_bar[:, 0]
+        return gram, rhs, yy, None, None
+    sw = gram[:, 0, 0].clamp_min(1e-30)  # sum of weights (column 0 is the constant 1)
+    m_bar = gram[:, 0, 1:] / sw[:, None]
+    y_bar = rhs[:, 0] / sw
+    a = gram[:, 1:, 1:] - sw[:, None, None] * m_bar.unsqueeze(-1) * m_bar.unsqueeze(1)
+    rc = rhs[:, 1:] - sw[:, None] * m_bar * y_bar[:, None]
+    return a, rc, yy - sw * y_bar.square(), m_bar, y_bar
 
 
 def gcv_lambda(a: torch.Tensor, rhs: torch.Tensor, yy: torch.Tensor, n: torch.Tensor, extra_dof: float,
@@ -152,12 +163,9 @@ def gcv_lambda(a: torch.Tensor, rhs: torch.Tensor, yy: torch.Tensor, n: torch.Te
 
 def _solve_once(m: torch.Tensor, y: torch.Tensor, wt: torch.Tensor, settings: RidgeSettings,
                 lam_fixed: torch.Tensor | None, rho: float, n_indep: torch.Tensor | None = None):
-    """One weighted ridge solve; returns (w, lam, dof, cov, n)."""
+    """One weighted ridge solve; returns (w, lam, dof, cov, n, rss)."""
     free = settings.free_intercept
-    mc, yc, m_bar, y_bar = _centre(m, y, wt, free)
-    mw = mc * wt.unsqueeze(-1)
-    a = mw.transpose(1, 2) @ mc  # (B, K', K')
-    rhs = (mw.transpose(1, 2) @ yc.unsqueeze(-1)).squeeze(-1)
+    a, rhs, yy, m_bar, y_bar = _moments(m, y, wt, free)
     n = wt.sum(1)
     kk = a.shape[-1]
     eye = torch.eye(kk, dtype=a.dtype, device=a.device)
@@ -165,15 +173,17 @@ def _solve_once(m: torch.Tensor, y: torch.Tensor, wt: torch.Tensor, settings: Ri
         if lam_fixed is not None:
             lam = lam_fixed.expand(a.shape[0]).to(a.dtype)
         else:
-            yy = (wt * yc.square()).sum(1)
-            lam = gcv_lambda(a.detach(), rhs.detach(), yy, n, 1.0 if free else 0.0, settings, n_indep)
+            lam = gcv_lambda(a.detach(), rhs.detach(), yy.detach(), n, 1.0 if free else 0.0, settings, n_indep)
     reg = a + (lam + rho)[:, None, None] * eye
     wc = torch.linalg.solve(reg, rhs.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
         inv = torch.linalg.inv(reg.detach())
         dof = (inv @ a.detach()).diagonal(dim1=1, dim2=2).sum(-1) + (1.0 if free else 0.0)
+        wd = wc.detach()
+        # weighted residual sum of squares from the moments: |y' - M' w|^2_W
+        rss = (yy - 2 * (wd * rhs).sum(1) + (wd * (a @ wd.unsqueeze(-1)).squeeze(-1)).sum(1)).clamp_min(0)
     if not free:
-        return wc, lam, dof, inv, n
+        return wc, lam, dof, inv, n, rss
     w0 = y_bar - (m_bar * wc).sum(1)
     w = torch.cat([w0.unsqueeze(1), wc], 1)
     # Covariance of [w0, wc]: w0 = y_bar - m_bar . wc, var(y_bar) = sigma2 / n.
@@ -185,7 +195,7 @@ def _solve_once(m: torch.Tensor, y: torch.Tensor, wt: torch.Tensor, settings: Ri
         cov[:, 0, 1:] = cross
         cov[:, 1:, 0] = cross
         cov[:, 0, 0] = 1.0 / n.clamp_min(1e-12) + (m_bar * (inv @ m_bar.unsqueeze(-1)).squeeze(-1)).sum(1)
-    return w, lam, dof, cov, n
+    return w, lam, dof, cov, n, rss
 
 
 def _robust_weights(resid: torch.Tensor, mask: torch.Tensor, kind: str, c: float) -> torch.Tensor:
@@ -250,17 +260,16 @@ def solve_weights(
     iters = st.robust_iters if st.robust != "none" else 0
     c = st.robust_c or ROBUST_C.get(st.robust, 1.0)
     for it in range(iters + 1):
-        w, lam, dof, cov, n = _solve_once(m, y, wt, st, lam_fixed, rho, n_indep)
-        resid = torch.where(mask, y - (m * w.unsqueeze(1)).sum(-1), torch.zeros_like(y))
+        w, lam, dof, cov, n, rss = _solve_once(m, y, wt, st, lam_fixed, rho, n_indep)
         if it < iters:
             with torch.no_grad():
-                wt = _robust_weights(resid.detach(), mask, st.robust, c)
-    rss = (wt * resid.detach().square()).sum(1)
+                resid = torch.where(mask, y - (m * w.detach().unsqueeze(1)).sum(-1), torch.zeros_like(y))
+                wt = _robust_weights(resid, mask, st.robust, c)
     slack = n - dof
     sigma2 = torch.where(slack > 0.5, rss / slack.clamp_min(1e-12), torch.full_like(rss, float("nan")))
     if w0 is not None:
         w = w + w0
-    return RidgeSolution(w.to(design.dtype), lam, sigma2, dof, n, cov, wt, resid)
+    return RidgeSolution(w.to(design.dtype), lam, sigma2, dof, n, cov, wt)
 
 
 def independent_anchor_count(uv: torch.Tensor, mask: torch.Tensor, size: tuple[int, int],

@@ -59,11 +59,19 @@ def image_to_array(msg: Any) -> np.ndarray:
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     itemsize = np.dtype(dt).itemsize
     raw = _raw(msg, "image")
-    if h == 0 or w == 0 or step < w * ch * itemsize or raw.size < h * step:
-        raise ConversionError(
-            f"image buffer of {raw.size} bytes does not fit {w}x{h} {enc} with step {step} "
-            f"(need step >= {w * ch * itemsize} and {h * step} bytes)"
-        )
+    if h <= 0 or w <= 0:
+        raise ConversionError(f"image is {w}x{h} ({enc}, {raw.size} bytes): width and height must be positive")
+    if step < w * ch * itemsize:
+        raise ConversionError(f"image step {step} is shorter than a row of {w} {enc} pixels "
+                              f"({w * ch * itemsize} bytes)")
+    if step >= 2 * w * ch * itemsize and step - w * ch * itemsize > 64:
+        # row padding is for alignment (a few bytes); a row twice as long means another layout
+        raise ConversionError(f"image step {step} is more than twice a row of {w} {enc} pixels "
+                              f"({w * ch * itemsize} bytes): the encoding or width does not match the data")
+    if raw.size != h * step:
+        # exactly height * step: a longer buffer means the header (or encoding) is wrong
+        raise ConversionError(f"image buffer has {raw.size} bytes but {w}x{h} {enc} with step {step} is "
+                              f"{h * step} bytes; check encoding, width, height and step")
     dtype = np.dtype(dt).newbyteorder(">" if msg.is_bigendian else "<")
     rows = raw[: h * step].reshape(h, step)[:, : w * ch * itemsize]
     arr = rows.copy().view(dtype).reshape(h, w, ch).astype(dtype.newbyteorder("="))
@@ -90,14 +98,19 @@ def compressed_to_array(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(img[..., ::-1])
 
 
-def _cloud_records(msg: Any, names: list[str]) -> np.ndarray:
+def _cloud_records(msg: Any, names: list[str], coords: bool = False) -> np.ndarray:
     """The named fields of every point of a PointCloud2 as a structured array (any offsets,
-    point_step and row padding)."""
+    point_step and row padding), after checking the layout against the header.
+
+    ``coords``: the fields are coordinates and must be FLOAT32 or FLOAT64 (an integer
+    x/y/z is a mislabelled or foreign layout, never metres).
+    """
     fields = {f.name: f for f in msg.fields}
     missing = [n for n in names if n not in fields]
     if missing:
         raise ConversionError(f"PointCloud2 has no field(s) {missing}; fields are {sorted(fields)}")
-    n = int(msg.width) * int(msg.height)
+    width, height = int(msg.width), int(msg.height)
+    n = width * height
     step = int(msg.point_step)
     raw = _raw(msg, "cloud")
     order = ">" if msg.is_bigendian else "<"
@@ -106,13 +119,23 @@ def _cloud_records(msg: Any, names: list[str]) -> np.ndarray:
         f = fields[name]
         if f.datatype not in POINTFIELD_DTYPES:
             raise ConversionError(f"PointCloud2 field {name} has unknown datatype {f.datatype}")
+        if coords and f.datatype not in (7, 8):
+            raise ConversionError(f"PointCloud2 field {name} has datatype {f.datatype} "
+                                  f"({POINTFIELD_DTYPES[f.datatype]}); coordinates must be FLOAT32 (7) or FLOAT64 (8)")
+        size = np.dtype(POINTFIELD_DTYPES[f.datatype]).itemsize * max(1, int(getattr(f, "count", 1) or 1))
+        if int(f.offset) < 0 or int(f.offset) + size > step:
+            raise ConversionError(f"PointCloud2 field {name} at offset {f.offset} ({size} bytes) does not fit in "
+                                  f"point_step {step}")
         formats.append(order + POINTFIELD_DTYPES[f.datatype])
         offsets.append(int(f.offset))
+    if n > 0 and int(msg.row_step) < width * step:
+        raise ConversionError(f"PointCloud2 row_step {msg.row_step} is shorter than width {width} x point_step {step}")
+    if n > 0 and raw.size != height * int(msg.row_step):
+        raise ConversionError(f"PointCloud2 data has {raw.size} bytes but height {height} x row_step {msg.row_step} "
+                              f"is {height * int(msg.row_step)}; the header does not describe this buffer")
     dt = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": step})
     if n == 0:
         return np.zeros(0, dt)
-    if raw.size < n * step:
-        raise ConversionError(f"PointCloud2 data has {raw.size} bytes, header says {n} points x {step} bytes")
     if int(msg.height) > 1 and int(msg.row_step) != int(msg.width) * step:
         rows = raw[: int(msg.height) * int(msg.row_step)].reshape(int(msg.height), -1)[:, : int(msg.width) * step]
         raw = np.ascontiguousarray(rows).reshape(-1)
@@ -126,7 +149,7 @@ def cloud_to_xyz(msg: Any) -> np.ndarray:
     Raises:
         ConversionError: no x/y/z fields, or a buffer shorter than the header says.
     """
-    rec = _cloud_records(msg, list("xyz"))
+    rec = _cloud_records(msg, list("xyz"), coords=True)
     xyz = np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)
     return xyz[np.isfinite(xyz).all(axis=1)]
 
@@ -151,14 +174,39 @@ class CameraModel:
     frame_id: str
 
 
+#: Plausible focal lengths, as multiples of the image's larger side: a horizontal field of
+#: view between about 1 degree (100x) and 174 degrees (0.05x).
+FOCAL_RANGE = (0.05, 100.0)
+
+
+def check_intrinsics(K: np.ndarray, width: int, height: int) -> None:
+    """Refuse intrinsics that cannot be a real pinhole camera of this image size.
+
+    Raises:
+        ConversionError: non-finite K, focal lengths outside ``FOCAL_RANGE`` times the
+            larger image side, or a principal point outside the image; the text names the
+            value and the range.
+    """
+    if not np.all(np.isfinite(K)):
+        raise ConversionError(f"CameraInfo K has NaN or inf entries: {K.ravel().tolist()}")
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    side = max(width, height)
+    lo, hi = FOCAL_RANGE[0] * side, FOCAL_RANGE[1] * side
+    for name, f in (("fx", fx), ("fy", fy)):
+        if not lo <= f <= hi:
+            raise ConversionError(f"CameraInfo {name} = {f:g} px is implausible for a {width}x{height} image "
+                                  f"(expected {lo:g}..{hi:g}); check the calibration and its units")
+    if width > 0 and height > 0 and not (0 <= cx <= width and 0 <= cy <= height):
+        raise ConversionError(f"CameraInfo principal point ({cx:g}, {cy:g}) is outside the {width}x{height} image")
+
+
 def camera_info_to_model(msg: Any) -> CameraModel:
     """CameraInfo -> intrinsics. The image is assumed rectified: we use K (or P when K is
     all zero) and report D so the caller can warn when it is non-zero."""
     K = np.array(msg.k, dtype=np.float64).reshape(3, 3)
     if not np.any(K):
         K = np.array(msg.p, dtype=np.float64).reshape(3, 4)[:, :3].copy()
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ConversionError(f"CameraInfo has no usable intrinsics (fx={K[0, 0]}, fy={K[1, 1]})")
+    check_intrinsics(K, int(msg.width), int(msg.height))
     return CameraModel(K, int(msg.width), int(msg.height), np.asarray(msg.d, dtype=np.float64),
                        str(msg.distortion_model), str(msg.header.frame_id))
 
