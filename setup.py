@@ -15,6 +15,7 @@ EXECUTABLES = {
     "synth": "synth",
     "replay": "replay",
     "bench": "bench",
+    "tune": "tune",
     "train_embedded_mde": "mde.train_embedded",
 }
 

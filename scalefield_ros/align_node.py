@@ -52,6 +52,8 @@ PARAMS: tuple[Param, ...] = (
           "(refused by default; logged when allowed)"),
     Param("tuned_baselines", "street", "options of the baseline methods: street or indoor (the shipped tuned "
           "files), a YAML written by `python -m scalefield_ros.tune`, or empty for their defaults"),
+    Param("robust_anchors", "none", "basis: outlier-robust weight solve, none, huber or tukey (iteratively "
+          "reweighted in log space; one reweighting)", True),
     Param("ridge_policy", "gcv", "basis weight solve: gcv (lambda chosen per frame by generalised "
           "cross-validation, reported in diagnostics) or fixed (ridge_lambda, the paper's eq 14)", True),
     Param("ridge_lambda", 0.001, "fixed ridge lambda of the basis weight solve (eq 14) when ridge_policy is "
@@ -60,12 +62,12 @@ PARAMS: tuple[Param, ...] = (
     Param("below_min_anchors", "global", "policy under min_anchors: global (scale fit) or skip", True),
     Param("gate_policy", "skip", "a frame failing the sanity gate (anchors disagree with the network): skip "
           "(never published) or publish (published, diagnostics ERROR)", True),
-    Param("min_rank_correlation", 0.5, "sanity gate: least Spearman correlation of anchor depth with network "
-          "depth at the anchors, -1..1", True),
-    Param("max_log_ratio_spread", 0.8, "sanity gate: largest interquartile range of log(anchor / network depth), "
-          "> 0", True),
+    Param("min_rank_correlation", 0.5, "sanity gate: a frame fails when the Spearman correlation of anchor depth "
+          "with network depth is below this (-1..1) and the scale spread exceeds max_log_ratio_spread", True),
+    Param("max_log_ratio_spread", 0.5, "sanity gate: interquartile range of log(anchor / network depth) above "
+          "which a low rank correlation fails the frame, > 0", True),
     Param("max_anchor_residual", 0.35, "sanity gate: largest median |log(depth / anchor)| after the fit, > 0", True),
-    Param("max_scale_ratio", 10.0, "sanity gate: largest p99/p1 spread of the fitted scale field, > 1", True),
+    Param("max_scale_ratio", 100.0, "sanity gate: largest p99/p1 spread of the fitted scale field, > 1", True),
     Param("max_depth", 0.0, "depths beyond this (m) are published as +inf (REP 118); 0 = no limit", True),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),
     Param("qos_reliability", "best_effort", "subscriber QoS: best_effort (sensor data) or reliable"),
@@ -92,7 +94,8 @@ def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
     return PipelineConfig(
         method=v["method"], mde=v["mde_backend"], checkpoint=v["generator_checkpoint"],
         generator_regime=v["generator_regime"],
-        ridge="gcv" if v["ridge_policy"] == "gcv" else v["ridge_lambda"], min_anchors=v["min_anchors"],
+        ridge="gcv" if v["ridge_policy"] == "gcv" else v["ridge_lambda"], robust=v["robust_anchors"],
+        min_anchors=v["min_anchors"],
         below_min_anchors=v["below_min_anchors"], max_depth=v["max_depth"],
         occlusion_kernel=v["occlusion_kernel"], device=v["device"], allow_mde_mismatch=v["allow_mde_mismatch"],
         tuned=v["tuned_baselines"], gate_policy=v["gate_policy"], min_rank_correlation=v["min_rank_correlation"],
@@ -106,6 +109,8 @@ def validate_param(name: str, value: Any) -> str | None:
         return f"method must be one of {PIPELINE_METHODS}, got {value!r}"
     if name == "ridge_lambda" and not (isinstance(value, float) and 0 < value <= 100):
         return f"ridge_lambda must be a float in (0, 100], got {value!r}"
+    if name == "robust_anchors" and value not in ("none", "huber", "tukey"):
+        return f"robust_anchors must be none, huber or tukey, got {value!r}"
     if name == "ridge_policy" and value not in ("gcv", "fixed"):
         return f"ridge_policy must be gcv or fixed, got {value!r}"
     if name == "gate_policy" and value not in GATE_POLICIES:
@@ -243,6 +248,8 @@ def build_node(node_cls, **node_kwargs):
                     cfg.min_anchors = p.value
                 elif p.name == "below_min_anchors":
                     cfg.below_min_anchors = p.value
+                elif p.name == "robust_anchors":
+                    cfg.robust = p.value
                 elif p.name in ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread",
                                 "max_anchor_residual", "max_scale_ratio"):
                     setattr(cfg, p.name, p.value)
@@ -284,6 +291,8 @@ def build_node(node_cls, **node_kwargs):
                 try:
                     self._process(*frame)
                 except Exception as exc:  # never die on input; say what happened
+                    if self._stop or not self.context.ok():
+                        return  # shutting down: the publishers are going away, nothing to report
                     self.frames_skipped += 1
                     self.get_logger().error(f"frame skipped: {type(exc).__name__}: {exc}",
                                             throttle_duration_sec=5.0)
@@ -375,7 +384,19 @@ def main(args: list[str] | None = None) -> None:
     from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
 
-    rclpy.init(args=args)
+    import signal
+
+    from rclpy.signals import SignalHandlerOptions
+
+    # rclpy's own SIGINT handler invalidates the context at once, while the worker may be
+    # publishing a frame; we take SIGINT/SIGTERM as KeyboardInterrupt instead and stop
+    # the worker before the context goes.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
     node = None
     try:
         try:
@@ -384,7 +405,8 @@ def main(args: list[str] | None = None) -> None:
             # bad parameters, a missing or corrupt checkpoint/model: say so and exit non-zero
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
             raise SystemExit(1) from None
-        rclpy.spin(node)
+        while rclpy.ok():  # short waits, so that KeyboardInterrupt arrives between them
+            rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

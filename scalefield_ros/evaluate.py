@@ -96,6 +96,41 @@ def regime_anchors(sample, regime: str, index: int) -> tuple[np.ndarray, np.ndar
     return choose_anchors(cand, gt, int(rng.integers(lo, hi + 1)), rng)
 
 
+CORRUPTIONS = ("random", "bleed")
+
+
+def corrupt_anchors(uv: np.ndarray, z: np.ndarray, gt: np.ndarray, kind: str, fraction: float,
+                    seed: int) -> np.ndarray:
+    """Anchor depths with a seeded ``fraction`` of them corrupted, as real LiDAR anchors are.
+
+    ``random``: a depth log-uniform between the image's nearest and farthest anchor
+    (reflections, multipath, moving objects). ``bleed``: edge bleeding, the farthest
+    ground-truth depth within 3 px taken at anchors that sit on a foreground edge (mixed
+    pixels, small extrinsic or sync errors); anchors away from edges are preferred last.
+    """
+    z = z.copy()
+    n = int(round(fraction * len(z)))
+    if n == 0 or len(z) == 0:
+        return z
+    rng = np.random.default_rng([seed, 23])
+    if kind == "random":
+        idx = rng.choice(len(z), n, replace=False)
+        lo, hi = np.log(max(z.min(), 0.1)), np.log(z.max())
+        z[idx] = np.exp(rng.uniform(lo, hi, n))
+        return z
+    if kind != "bleed":
+        raise ValueError(f"unknown corruption {kind!r}; use one of {CORRUPTIONS}")
+    from scipy.ndimage import maximum_filter
+
+    far = maximum_filter(np.nan_to_num(gt, nan=0.0), size=7)
+    ui, vi = uv[:, 0].astype(np.int64), uv[:, 1].astype(np.int64)
+    gain = far[vi, ui] / np.maximum(z, 1e-6)
+    order = np.lexsort((rng.random(len(z)), -gain))  # strongest edges first, ties at random
+    idx = order[:n]
+    z[idx] = np.maximum(z[idx], far[vi[idx], ui[idx]])
+    return z
+
+
 def anchor_count(regime: str) -> float:
     if ring_regime(regime):
         return float("nan")  # LiDAR patterns: the measured mean is in the results
@@ -131,8 +166,8 @@ def checkpoint_for(checkpoints: dict[str, str] | str | None, regime: str) -> str
 class Evaluator:
     def __init__(self, methods: list[str], regimes: list[str], backend, device: torch.device,
                  checkpoint: dict[str, str] | str | None = None, ablation_checkpoint: str | None = None,
-                 basis_options: dict | None = None, allow_mde_mismatch: bool = False, cache=None,
-                 tuned: str | None = "auto") -> None:
+                  basis_options: dict | None = None, allow_mde_mismatch: bool = False, cache=None,
+                 tuned: str | None = "auto", corrupt: tuple[str, float] | None = None) -> None:
         from .checkpoints import check_generator_mde
 
         self.methods, self.regimes, self.backend, self.device = methods, regimes, backend, device
@@ -152,6 +187,7 @@ class Evaluator:
             self.ablation = load_generator(ablation_checkpoint or MODELS_DIR / "generator_k30_medium_f0", device)
             check_generator_mde(self.ablation.config, backend, allow_mde_mismatch, what="ablation generator")
         self.tuned_spec = tuned
+        self.corrupt = corrupt
         self._tuned: dict[str, dict] = {}  # family -> tuned options
         self._aligners: dict[tuple, object] = {}
         self.options_used: dict[str, dict[str, dict]] = {}  # method -> regime -> options
@@ -185,6 +221,8 @@ class Evaluator:
                 self.rings_seen.setdefault(regime, []).append(used)
             else:
                 uv, z = regime_anchors(sample, regime, index)
+            if self.corrupt:
+                z = corrupt_anchors(uv, z, sample.depth, self.corrupt[0], self.corrupt[1], index)
             for m in self.methods:
                 if m == "region" and labels is None:
                     self.skipped[m] = "dataset has no semantic labels"
@@ -323,25 +361,32 @@ def write_tables(path: Path, results: dict, spectral: dict) -> None:
 
 
 def plot_vs_anchors(path: Path, results: dict) -> None:
+    """AbsRel and δ1 against anchors per image (grid regimes) and against LiDAR rings in view."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    for m, regs in results.items():
-        pts = sorted((v.get("mean_anchors", anchor_count(r)), v["abs_rel"], v["delta1"]) for r, v in regs.items()
-                     if not ring_regime(r))
-        if not pts:
-            continue
-        x, a, d = zip(*pts)
-        ax[0].plot(x, a, "o-", label=m)
-        ax[1].plot(x, d, "o-", label=m)
-    for a, name in zip(ax, ("AbsRel (lower is better)", "δ1 (higher is better)")):
-        a.set_xscale("log")
-        a.set_xlabel("anchors per image")
-        a.set_title(name)
-    ax[0].legend(fontsize=8)
+    rings = any(ring_regime(r) for regs in results.values() for r in regs)
+    grid = any(not ring_regime(r) for regs in results.values() for r in regs)
+    panels = [p for p, on in (("grid", grid), ("rings", rings)) if on] or ["grid"]
+    fig, ax = plt.subplots(len(panels), 2, figsize=(10, 3.8 * len(panels)), squeeze=False)
+    for row, kind in zip(ax, panels):
+        for m, regs in results.items():
+            if kind == "rings":
+                pts = sorted((ring_regime(r), v["abs_rel"], v["delta1"]) for r, v in regs.items() if ring_regime(r))
+            else:
+                pts = sorted((v.get("mean_anchors", anchor_count(r)), v["abs_rel"], v["delta1"])
+                             for r, v in regs.items() if not ring_regime(r))
+            if pts:
+                x, a, d = zip(*pts)
+                row[0].plot(x, a, "o-", label=m)
+                row[1].plot(x, d, "o-", label=m)
+        for a, name in zip(row, ("AbsRel (lower is better)", "δ1 (higher is better)")):
+            a.set_xscale("log")
+            a.set_xlabel("LiDAR rings in view" if kind == "rings" else "anchors per image")
+            a.set_title(name)
+        row[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -368,6 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tuned", default="auto", help="baseline options: auto (the shipped tuned file of each image's "
                    "family: street or indoor), street, indoor, a YAML written by `tune`")
     p.add_argument("--untuned", action="store_true", help="run every baseline with its default options")
+    p.add_argument("--corrupt", help="KIND:FRACTION of anchors corrupted, KIND random or bleed (edge bleeding), "
+                   "e.g. random:0.1")
     p.add_argument("--regimes", default="low,medium,high,drop")
     p.add_argument("--checkpoint", help="generator checkpoint for basis: one PATH for every regime, or "
                    "REGIME=PATH,... per regime or group (low, medium, high, drop, rings, rings8, ...); "
@@ -403,10 +450,16 @@ def main(argv: list[str] | None = None) -> dict:
         from .data.cache import FeatureCache
 
         cache = FeatureCache(backend, a.cache_dir)
+    corrupt = None
+    if a.corrupt:
+        kind, _, frac = a.corrupt.partition(":")
+        if kind not in CORRUPTIONS or not frac:
+            raise SystemExit(f"--corrupt must be KIND:FRACTION with KIND in {CORRUPTIONS}, got {a.corrupt!r}")
+        corrupt = (kind, float(frac))
     ridge = a.ridge if a.ridge == "gcv" else float(a.ridge)
     basis_options = {"ridge": ridge, "robust": a.robust}
     ev = Evaluator(methods, regimes, backend, device, parse_checkpoints(a.checkpoint), a.ablation_checkpoint,
-                   basis_options, a.allow_mde_mismatch, cache, None if a.untuned else a.tuned)
+                   basis_options, a.allow_mde_mismatch, cache, None if a.untuned else a.tuned, corrupt)
     for i in tqdm(range(len(ds)), desc="evaluating"):
         ev.run_sample(ds[i], i, out / f"sample_{i:02d}.png" if i < a.figures else None)
     results = ev.summary()
@@ -415,7 +468,8 @@ def main(argv: list[str] | None = None) -> dict:
         "spectral": spectral, "skipped": ev.skipped,
         "config": {"data": a.data, "frames": describe(ds), "methods": methods, "regimes": regimes, "mde": backend.name,
                    "checkpoints": ev.ckpt_for, "basis": basis_options,
-                   "baseline_options": ev.options_used, "tuned": None if a.untuned else a.tuned}}
+                   "baseline_options": ev.options_used, "tuned": None if a.untuned else a.tuned,
+                   "corrupt": a.corrupt}}
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     write_tables(out / "tables.md", results, spectral)
     plot_vs_anchors(out / "metrics_vs_anchors.png", results)

@@ -32,6 +32,7 @@ class PipelineConfig:
     checkpoint: str = ""  # generator checkpoint; "" = the shipped one for `generator_regime`
     generator_regime: str = "lidar"  # the node's anchors are LiDAR scan lines: the K=30 ring-pattern model
     ridge: float | str = "gcv"  # "gcv" (per frame) or a fixed lambda (the paper: 1e-3)
+    robust: str = "none"  # basis anchors: none, huber or tukey (iteratively reweighted, core/solver.py)
     min_anchors: int = 3
     below_min_anchors: str = "global"  # or "skip"
     max_depth: float = 0.0  # > 0: depths beyond become +inf (REP 118 "too far")
@@ -41,10 +42,10 @@ class PipelineConfig:
     allow_mde_mismatch: bool = False  # run a generator trained for another MDE (logged; at your own risk)
     tuned: str = "street"  # baseline options: street, indoor, a tune YAML, or "" (defaults)
     # sanity gate (see check_alignment): limits and what to do with a frame that fails
-    min_rank_correlation: float = 0.5  # Spearman rho of MDE depth vs anchor depth at the anchors
-    max_log_ratio_spread: float = 0.8  # interquartile range of log(anchor depth / MDE depth)
+    min_rank_correlation: float = 0.5  # Spearman rho of MDE depth vs anchor depth at the anchors ...
+    max_log_ratio_spread: float = 0.5  # ... fails only together with an IQR of log(anchor / MDE depth) above this
     max_anchor_residual: float = 0.35  # median |log(depth / anchor)| at the anchors after the fit
-    max_scale_ratio: float = 10.0  # p99 / p1 of the fitted scale field over the image
+    max_scale_ratio: float = 100.0  # p99 / p1 of the fitted scale field over the image
     gate_policy: str = "skip"  # skip (never publish it) or publish (publish, diagnostics ERROR)
     gate: bool = True  # False: no sanity gate (evaluation of raw methods)
 
@@ -74,27 +75,26 @@ def check_alignment(depth: np.ndarray, scale: np.ndarray, mde_at: np.ndarray, uv
                     cfg: PipelineConfig) -> str:
     """The sanity gate: "" when the frame is believable, else what is wrong.
 
-    Before the fit, the anchors must agree with the network: their depths must rise with
-    the MDE's (Spearman rank correlation >= ``min_rank_correlation``) and the per-anchor
-    scale ``log(z / D_mde)`` must not scatter over more than ``max_log_ratio_spread``
-    (interquartile range). After it, the fit must reach its anchors (median absolute log
-    residual <= ``max_anchor_residual``) and the scale field must be a correction, not a
-    different scene (p99 / p1 <= ``max_scale_ratio``). A wrong extrinsic or time sync
-    puts anchors on unrelated pixels; misread cloud fields (wrong type or endianness)
-    give absurd depths. Defaults were set on validation scenes (seeds < 9000; README:
-    sanity gate) to reject none of the normal frames.
+    Before the fit, the anchors must agree with the network: a frame fails when the
+    anchors' depths do not rise with the MDE's (Spearman rank correlation below
+    ``min_rank_correlation``) *and* their scales ``log(z / D_mde)`` scatter (interquartile
+    range above ``max_log_ratio_spread``); a low correlation alone happens on frames of
+    nearly one depth (a wall). After it, the fit must reach its anchors (median absolute
+    log residual <= ``max_anchor_residual``) and the scale field must be a correction,
+    not a different scene (p99 / p1 <= ``max_scale_ratio``). A wrong extrinsic or time
+    sync puts anchors on unrelated pixels; misread cloud fields (wrong type or
+    endianness) give absurd depths. Defaults were set on validation scenes (seeds < 9000;
+    README: sanity gate) to reject none of the normal frames.
     """
     good = np.isfinite(mde_at) & (mde_at > 0) & np.isfinite(z) & (z > 0)
     if good.sum() >= 3:
         a, b = _ranks(mde_at[good]), _ranks(z[good])
         rho = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 1.0
-        if rho < cfg.min_rank_correlation:
-            return f"anchor depth vs network depth rank correlation {rho:.2f} < min_rank_correlation " \
-                   f"{cfg.min_rank_correlation:g}"
         q75, q25 = np.percentile(np.log(z[good] / mde_at[good]), [75, 25])
-        if q75 - q25 > cfg.max_log_ratio_spread:
-            return f"anchor scale spread (IQR of log ratio) {q75 - q25:.2f} > max_log_ratio_spread " \
-                   f"{cfg.max_log_ratio_spread:g}"
+        if rho < cfg.min_rank_correlation and q75 - q25 > cfg.max_log_ratio_spread:
+            return f"anchor depth vs network depth rank correlation {rho:.2f} < min_rank_correlation " \
+                   f"{cfg.min_rank_correlation:g} with a scale spread (IQR of log ratio) {q75 - q25:.2f} > " \
+                   f"max_log_ratio_spread {cfg.max_log_ratio_spread:g}"
     ui, vi = uv[:, 0].astype(np.int64), uv[:, 1].astype(np.int64)
     at = depth[vi, ui]
     ok = np.isfinite(at) & (at > 0) & (z > 0)
@@ -137,7 +137,7 @@ class MetricDepthPipeline:
                 from .checkpoints import default_checkpoint
 
                 ckpt = self.cfg.checkpoint or default_checkpoint(self.cfg.generator_regime)
-                opts = {"checkpoint": ckpt, "device": self.device, "ridge": self.cfg.ridge}
+                opts = {"checkpoint": ckpt, "device": self.device, "ridge": self.cfg.ridge, "robust": self.cfg.robust}
             else:  # baselines run as tuned on LiDAR ring patterns (config tuned_baselines)
                 from .tune import load_tuned, tuned_options
 
@@ -151,7 +151,7 @@ class MetricDepthPipeline:
             self._aligners[name] = al
         al = self._aligners[name]
         if name == "basis":
-            al.ridge = self.cfg.ridge
+            al.ridge, al.robust = self.cfg.ridge, self.cfg.robust
         return al
 
     def project(self, points: np.ndarray, K: np.ndarray, T_cam_lidar: np.ndarray,

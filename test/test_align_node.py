@@ -134,6 +134,13 @@ def test_runtime_parameters_are_validated_and_applied(harness):
     assert not res[0].successful and "method must be one of" in res[0].reason
     res = node.set_parameters([Parameter("ridge_lambda", value=-1.0)])
     assert not res[0].successful
+    for bad in (1e9, float("inf")):  # would shrink every weight to 0: unscaled depth as "aligned"
+        res = node.set_parameters([Parameter("ridge_lambda", value=bad)])
+        assert not res[0].successful and "(0, 100]" in res[0].reason
+    res = node.set_parameters([Parameter("robust_anchors", value="huber"), Parameter("ridge_policy", value="fixed")])
+    assert res[0].successful and node.pipeline.cfg.robust == "huber" and node.pipeline.cfg.ridge == 0.001
+    node.set_parameters([Parameter("robust_anchors", value="none"), Parameter("ridge_policy", value="gcv")])
+    assert node.pipeline.cfg.ridge == "gcv"
     res = node.set_parameters([Parameter("device", value="cuda")])
     assert not res[0].successful and "read at start" in res[0].reason
     res = node.set_parameters([Parameter("method", value="global")])
@@ -234,3 +241,47 @@ def test_demo_command(tmp_path, capsys):
     assert abs(float(out.strip().splitlines()[-1].split(":")[1]) - mean) < 1e-4
     assert mean < 0.2  # basis with LiDAR anchors on a held-out street (global alignment alone is ~0.3)
     assert (tmp_path / "demo_strip.png").stat().st_size > 10000
+
+
+def test_yawed_lidar_trips_the_sanity_gate_over_dds():
+    """A LiDAR extrinsic 90 deg off: never published as metric depth; diagnostics say ERROR and why."""
+    import math
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from scalefield_ros.core.transforms import matrix_quaternion
+    from scalefield_ros.pipeline import GATE_MESSAGE
+
+    world = SyntheticWorld("street", 8004)
+    a = math.pi / 2
+    yaw = np.eye(4)
+    yaw[:2, :2] = [[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]
+    t, q = matrix_quaternion(world.T_cam_lidar(0) @ yaw)
+    h = Harness(world_overrides(world, extrinsic_translation=t, extrinsic_rotation=q),
+                reliability=rclpy.qos.ReliabilityPolicy.RELIABLE)
+    try:
+        f = world.frame(0)
+        h.publish(f)
+        assert h.wait_for(lambda: any(GATE_MESSAGE in m for m in h.diag_messages()), 30.0), h.diag_messages()
+        assert len(h.depth) == 0
+        err = [st for d in h.diag for st in d.status if GATE_MESSAGE in st.message]
+        assert err[0].level == DiagnosticStatus.ERROR
+    finally:
+        h.close()
+
+
+def test_node_exits_cleanly_on_sigint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "scalefield_ros.align_node", "--ros-args", "-p", "device:=cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(6.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "RCLError" not in err, err[-2000:]

@@ -42,6 +42,10 @@ def test_shipped_tuned_files_load_and_are_not_at_an_edge():
         doc = yaml.safe_load((tune.TUNED_DIR / f"{fam}.yaml").read_text())
         for regime, methods in doc["regimes"].items():
             for m, v in methods.items():
+                # one documented exception: a finer lattice than 32x64 costs seconds per frame
+                if v["at_edge"] == ["shape"] and m == "grid-smooth" and v["options"]["shape"] == [32, 64]:
+                    assert "note" in v
+                    continue
                 assert not v["at_edge"], (fam, regime, m, v)
     assert tune.tuned_options(tune.load_tuned("street"), "rings16", "lwlr") == tune.load_tuned("street")["rings"]["lwlr"]
     with pytest.raises(FileNotFoundError, match="tune"):

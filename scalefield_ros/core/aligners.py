@@ -572,7 +572,7 @@ class BasisAligner(Aligner):
         ridge: float | str = "gcv",
         device: str | torch.device | None = None,
         robust: str = "none",
-        robust_iters: int = 3,
+        robust_iters: int = 1,
         free_intercept: bool | None = None,
     ) -> None:
         if generator is None:
