@@ -9,7 +9,7 @@ def test_quick_bench_writes_the_documented_keys(tmp_path):
     doc = bench.main(["--quick", "--out", str(tmp_path), "--device", "cpu"])
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["quick"] is True and saved["device"] == "cpu"
-    aligners = {"basis-k8", "basis-k30", "basis-k50", "global", "piecewise", "lwlr", "grid", "region"}
+    aligners = {"basis-k8", "basis-k30", "basis-k50", "global", "piecewise", "lwlr", "grid", "grid-smooth", "region"}
     assert set(saved["latency_ms"]) == aligners
     points = {"n10_640x192", "n100_640x192", "n500_640x192", "n2000_640x192", "n500_1216x352", "n500_1280x720"}
     for a in aligners:
@@ -21,3 +21,19 @@ def test_quick_bench_writes_the_documented_keys(tmp_path):
     assert {"projection", "mde", "generator_k8", "solve_k8", "apply_k8", "generator_k50"} <= set(st)
     assert (tmp_path / "bench.md").is_file() and (tmp_path / "bench.png").is_file()
     assert doc["latency_ms"] == saved["latency_ms"]
+    # the weight solve alone, per lambda policy (fixed, gcv, gcv + one Huber step), K and N
+    assert {"fixed_k50_n500", "gcv_k50_n500", "gcv+huber_k30_n7000"} <= set(saved["solver_ms"])
+    assert "Weight solve alone" in (tmp_path / "bench.md").read_text()
+
+
+def test_generator_cost_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "FEATURE_SIZES", [("28x40", 8, 28, 40, 56, 80), ("vit9x9", 16, 9, 9, 126, 126)])
+    doc = bench.main(["--generator-cost", "--quick", "--out", str(tmp_path), "--device", "cpu"])
+    rows = doc["generator_cost"]
+    assert set(rows) == {"28x40", "vit9x9"}
+    assert rows["28x40"]["native_grid"] == [28, 40] and rows["vit9x9"]["native_grid"] == [9, 9]
+    # the working grid follows work_pixels and the image's aspect ratio, not F
+    for r in rows.values():
+        h, w = r["work_pixels_grid"]
+        assert abs(h * w - 8192) < 0.1 * 8192 or h * w == 56 * 80 or h * w == 126 * 126
+    assert (tmp_path / "generator_cost.md").is_file()

@@ -156,3 +156,24 @@ def test_same_named_folders_never_share_cache_entries(tmp_path):
     time.sleep(0.01)
     os.utime(tmp_path / "a" / "office" / "depth" / "a.png")
     assert open_dataset(f"folder:{tmp_path / 'a' / 'office'}").key(0) != s1.key
+
+
+def test_ring_regimes_on_a_kitti_raw_scan(street, tmp_path):
+    """KITTI .bin scans: rings from the stored firing order, thinned, scored against the dataset's GT."""
+    from scalefield_ros import evaluate
+    from scalefield_ros.core.rings import visible_rings
+
+    root, frames = street
+    s = open_dataset(f"kitti:{root.parent}")[0]
+    truth = SyntheticWorld("street", 9007).ring_ids(s.points)
+    assert len(visible_rings(s.points, s.rings, s.T_cam_lidar, s.K, s.depth.shape)) == \
+        pytest.approx(len(visible_rings(s.points, truth, s.T_cam_lidar, s.K, s.depth.shape)), abs=2)
+    uv, z, used = evaluate.ring_anchors(s, 8, 0)
+    assert used == 8 and len(z) > 300
+    gt = frames[0].depth[uv[:, 1].astype(int), uv[:, 0].astype(int)]
+    ok = np.isfinite(gt)
+    assert np.median(np.abs(z[ok] - gt[ok]) / gt[ok]) < 0.01
+    doc = evaluate.main(["--data", f"kitti:{root.parent}", "--methods", "basis,global", "--regimes", "rings4,rings16",
+                         "--limit", "1", "--figures", "0", "--device", "cpu", "--out", str(tmp_path / "e")])
+    assert doc["methods"]["basis"]["rings16"]["mean_rings"] == 16
+    assert doc["methods"]["basis"]["rings16"]["mean_anchors"] > doc["methods"]["basis"]["rings4"]["mean_anchors"]

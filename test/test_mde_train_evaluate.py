@@ -236,7 +236,7 @@ def test_file_datasets_subsample_and_ignored_keys_warn(tmp_path):
     ds = train._dataset(cfg)
     assert isinstance(ds, Subset) and len(ds) == 2
     help_text = subprocess.run([sys.executable, "-m", "scalefield_ros.evaluate", "--help"], capture_output=True,
-                               text=True, cwd=ROOT).stdout
+                               text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "1000"}).stdout
     for spec in ("kitti:PATH", "kitti-object:PATH", "nyu:PATH", "sun:PATH", "folder:PATH", "bag:PATH",
                  "depth-anything-v2:PATH", "dpt:PATH", "da3:PATH", "onnx:PATH", "package.module:Class"):
         assert spec in help_text, spec
