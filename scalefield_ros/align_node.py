@@ -52,7 +52,7 @@ PARAMS: tuple[Param, ...] = (
           "(refused by default; logged when allowed)"),
     Param("tuned_baselines", "street", "options of the baseline methods: street or indoor (the shipped tuned "
           "files), a YAML written by `python -m scalefield_ros.tune`, or empty for their defaults"),
-    Param("robust_anchors", "none", "basis: outlier-robust weight solve, none, huber or tukey (iteratively "
+    Param("robust_anchors", "tukey", "basis: outlier-robust weight solve, none, huber or tukey (iteratively "
           "reweighted in log space; one reweighting)", True),
     Param("ridge_policy", "gcv", "basis weight solve: gcv (lambda chosen per frame by generalised "
           "cross-validation, reported in diagnostics) or fixed (ridge_lambda, the paper's eq 14)", True),

@@ -32,7 +32,7 @@ class PipelineConfig:
     checkpoint: str = ""  # generator checkpoint; "" = the shipped one for `generator_regime`
     generator_regime: str = "lidar"  # the node's anchors are LiDAR scan lines: the K=30 ring-pattern model
     ridge: float | str = "gcv"  # "gcv" (per frame) or a fixed lambda (the paper: 1e-3)
-    robust: str = "none"  # basis anchors: none, huber or tukey (iteratively reweighted, core/solver.py)
+    robust: str = "tukey"  # basis anchors: none, huber or tukey (one reweighting, core/solver.py; README)
     min_anchors: int = 3
     below_min_anchors: str = "global"  # or "skip"
     max_depth: float = 0.0  # > 0: depths beyond become +inf (REP 118 "too far")

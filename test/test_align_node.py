@@ -139,7 +139,7 @@ def test_runtime_parameters_are_validated_and_applied(harness):
         assert not res[0].successful and "(0, 100]" in res[0].reason
     res = node.set_parameters([Parameter("robust_anchors", value="huber"), Parameter("ridge_policy", value="fixed")])
     assert res[0].successful and node.pipeline.cfg.robust == "huber" and node.pipeline.cfg.ridge == 0.001
-    node.set_parameters([Parameter("robust_anchors", value="none"), Parameter("ridge_policy", value="gcv")])
+    node.set_parameters([Parameter("robust_anchors", value="tukey"), Parameter("ridge_policy", value="gcv")])
     assert node.pipeline.cfg.ridge == "gcv"
     res = node.set_parameters([Parameter("device", value="cuda")])
     assert not res[0].successful and "read at start" in res[0].reason
