@@ -40,7 +40,7 @@ from .core import make
 from .core.anchors import project_points
 from .core.generator import BasisMapGenerator, GeneratorConfig, load_generator
 from .threads import add_threads_argument, set_threads
-from .tune import load_tuned, tuned_options
+from .tuned import load_tuned, tuned_options
 
 RESOLUTIONS = [(640, 192), (1216, 352), (1280, 720)]
 ANCHORS = [10, 100, 500, 2000]

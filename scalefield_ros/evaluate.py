@@ -248,7 +248,7 @@ class Evaluator:
 
     def baseline(self, method: str, regime: str, family: str):
         """The baseline as tuned for this family and regime (``tuned=None``: its defaults)."""
-        from .tune import load_tuned, tuned_options
+        from .tuned import load_tuned, tuned_options
 
         if family not in self._tuned:
             self._tuned[family] = load_tuned(self.tuned_spec, family)

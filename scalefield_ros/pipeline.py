@@ -139,7 +139,7 @@ class MetricDepthPipeline:
                 ckpt = self.cfg.checkpoint or default_checkpoint(self.cfg.generator_regime)
                 opts = {"checkpoint": ckpt, "device": self.device, "ridge": self.cfg.ridge, "robust": self.cfg.robust}
             else:  # baselines run as tuned on LiDAR ring patterns (config tuned_baselines)
-                from .tune import load_tuned, tuned_options
+                from .tuned import load_tuned, tuned_options
 
                 opts = tuned_options(load_tuned(self.cfg.tuned), "rings", name)
             al = make(name, **opts)

@@ -28,6 +28,7 @@ from .core import make
 from .core.metrics import depth_metrics
 from .data.synthetic import HELD_OUT_SEED, parse_seeds
 from .threads import add_threads_argument, set_threads
+from .tuned import expand
 
 #: Search space per baseline: option -> values (numeric ranges span decades on purpose).
 SPACES: dict[str, dict[str, list]] = {
@@ -40,20 +41,10 @@ SPACES: dict[str, dict[str, list]] = {
                     "smooth": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], "prior": [1e-4, 1e-2]},
     "region": {"min_per_region": [4, 6, 10, 20, 40, 80, 160, 320]},
 }
-#: Shipped tuned options, one file per family.
-TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 #: Values that are the end of what a method accepts, not of the range searched.
 HARD_LIMITS = {"intervals": (1,), "min_per_interval": (2,), "min_per_region": (4,), "shape": ([1, 2],)}
 #: Regimes tuned separately; ``rings`` pools the ring patterns.
 TUNE_REGIMES = ("low", "medium", "high", "rings")
-
-
-def expand(options: dict) -> dict:
-    """YAML options -> ``make`` keyword arguments (``shape`` is rows and cols)."""
-    out = dict(options)
-    if "shape" in out:
-        out["rows"], out["cols"] = out.pop("shape")
-    return out
 
 
 def combos(space: dict[str, list]) -> list[dict]:
@@ -71,34 +62,6 @@ def at_edge(space: dict[str, list], best: dict) -> list[str]:
         if len(vals) > 2 and ordered and best[k] in (vals[0], vals[-1]) and best[k] not in HARD_LIMITS.get(k, ()):
             edge.append(k)
     return edge
-
-
-def load_tuned(spec: str | None, family: str | None = None) -> dict:
-    """Tuned options ``{regime: {method: options}}``: ``spec`` is a YAML path, ``street``/
-    ``indoor`` (the shipped files), ``auto`` (the shipped file of ``family``), or ""/None
-    (no tuning: every method's defaults)."""
-    if not spec:
-        return {}
-    if spec == "auto":
-        spec = family if family in ("street", "indoor") else ""
-        if not spec:
-            return {}
-    path = Path(spec)
-    if spec in ("street", "indoor"):
-        path = TUNED_DIR / f"{spec}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"tuned baseline options {path} not found; run `python -m scalefield_ros.tune` "
-                                "or pass --untuned")
-    doc = yaml.safe_load(path.read_text()) or {}
-    return {r: {m: expand(v["options"]) for m, v in ms.items()} for r, ms in doc.get("regimes", {}).items()}
-
-
-def tuned_options(tuned: dict, regime: str, method: str) -> dict:
-    """Options of ``method`` for ``regime`` (ring regimes use the pooled ``rings`` entry)."""
-    from .core.rings import ring_regime
-
-    key = "rings" if ring_regime(regime) else "low" if regime.startswith("drop") else regime
-    return dict(tuned.get(key, {}).get(method, {}))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -91,7 +91,9 @@ def test_colcon_build_installs_what_a_robot_needs(tmp_path):
         assert (inst / "lib" / "scalefield_ros" / exe).is_file(), exe
     models = list(inst.glob("lib/python3*/site-packages/scalefield_ros/models/*.safetensors"))
     assert {m.name for m in models} >= {"embedded_mde.safetensors", "generator_k8_low.safetensors",
-                                        "generator_k30_medium.safetensors"}
+                                        "generator_k30_medium.safetensors", "generator_k30_lidar.safetensors"}
+    tuned = list(inst.glob("lib/python3*/site-packages/scalefield_ros/tuned/*.yaml"))
+    assert {t.name for t in tuned} == {"street.yaml", "indoor.yaml"}  # the node's tuned_baselines
 
 
 def test_lint_pyflakes_and_syntax():

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from scalefield_ros import evaluate, tune
+from scalefield_ros import evaluate, tune, tuned
 
 
 def test_tune_writes_best_options_and_evaluate_uses_them(tmp_path):
@@ -37,9 +37,9 @@ def test_tune_refuses_held_out_seeds(tmp_path):
 
 def test_shipped_tuned_files_load_and_are_not_at_an_edge():
     for fam in ("street", "indoor"):
-        opts = tune.load_tuned(fam)
+        opts = tuned.load_tuned(fam)
         assert {"low", "medium", "high", "rings"} <= set(opts)
-        doc = yaml.safe_load((tune.TUNED_DIR / f"{fam}.yaml").read_text())
+        doc = yaml.safe_load((tuned.TUNED_DIR / f"{fam}.yaml").read_text())
         for regime, methods in doc["regimes"].items():
             for m, v in methods.items():
                 # one documented exception: a finer lattice than 32x64 costs seconds per frame
@@ -47,6 +47,6 @@ def test_shipped_tuned_files_load_and_are_not_at_an_edge():
                     assert "note" in v
                     continue
                 assert not v["at_edge"], (fam, regime, m, v)
-    assert tune.tuned_options(tune.load_tuned("street"), "rings16", "lwlr") == tune.load_tuned("street")["rings"]["lwlr"]
+    assert tuned.tuned_options(tuned.load_tuned("street"), "rings16", "lwlr") == tuned.load_tuned("street")["rings"]["lwlr"]
     with pytest.raises(FileNotFoundError, match="tune"):
-        tune.load_tuned(str("/nonexistent/tuned.yaml"))
+        tuned.load_tuned(str("/nonexistent/tuned.yaml"))

@@ -398,7 +398,7 @@ class GridAligner(Aligner):
     ``+ smooth * sum_{k~l} (s_k - s_l)^2 + prior * sum_k (s_k - s_glob)^2`` - a 4-neighbour
     lattice Laplacian that carries scale into cells without anchors and a weak pull toward
     the global scale, so every pixel gets a value. Defaults there: 4 x 8 vertices,
-    smooth = 0.1, prior = 1e-3 (untuned; ``config/tuned_*.yaml`` hold tuned values). A
+    smooth = 0.1, prior = 1e-3 (untuned; ``scalefield_ros/tuned/*.yaml`` hold tuned values). A
     1 x 1 grid is exactly the global scale fit. Relative residuals are our choice (HI-SLAM2
     optimises the grid inside its bundle adjustment; the paper states only eq 4).
     """
