@@ -54,6 +54,8 @@ PARAMS: tuple[Param, ...] = (
           "files), a YAML written by `python -m scalefield_ros.tune`, or empty for their defaults"),
     Param("robust_anchors", "tukey", "basis: outlier-robust weight solve, none, huber or tukey (iteratively "
           "reweighted in log space; one reweighting)", True),
+    Param("residual_correction", True, "basis: add the local correction of the scale field from the anchors' "
+          "residuals (our extension; options from tuned_baselines' rings entry); false = the paper's field", True),
     Param("ridge_policy", "gcv", "basis weight solve: gcv (lambda chosen per frame by generalised "
           "cross-validation, reported in diagnostics) or fixed (ridge_lambda, the paper's eq 14)", True),
     Param("ridge_lambda", 0.001, "fixed ridge lambda of the basis weight solve (eq 14) when ridge_policy is "
@@ -95,6 +97,7 @@ def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
         method=v["method"], mde=v["mde_backend"], checkpoint=v["generator_checkpoint"],
         generator_regime=v["generator_regime"],
         ridge="gcv" if v["ridge_policy"] == "gcv" else v["ridge_lambda"], robust=v["robust_anchors"],
+        residual=v["residual_correction"],
         min_anchors=v["min_anchors"],
         below_min_anchors=v["below_min_anchors"], max_depth=v["max_depth"],
         occlusion_kernel=v["occlusion_kernel"], device=v["device"], allow_mde_mismatch=v["allow_mde_mismatch"],
@@ -250,6 +253,8 @@ def build_node(node_cls, **node_kwargs):
                     cfg.below_min_anchors = p.value
                 elif p.name == "robust_anchors":
                     cfg.robust = p.value
+                elif p.name == "residual_correction":
+                    cfg.residual = p.value
                 elif p.name in ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread",
                                 "max_anchor_residual", "max_scale_ratio"):
                     setattr(cfg, p.name, p.value)

@@ -16,6 +16,7 @@ from .core import make
 from .core.aligners import NO_ANCHORS
 from .core.anchors import project_points
 from .mde.backends import load_backend, resolve_device
+from .tuned import load_tuned, tuned_options
 
 #: Methods the pipeline (and node) can run; region needs labels a robot does not have.
 PIPELINE_METHODS = ("basis", "global", "global-scale", "piecewise", "lwlr", "grid", "grid-smooth")
@@ -33,6 +34,7 @@ class PipelineConfig:
     generator_regime: str = "lidar"  # the node's anchors are LiDAR scan lines: the K=30 ring-pattern model
     ridge: float | str = "gcv"  # "gcv" (per frame) or a fixed lambda (the paper: 1e-3)
     robust: str = "tukey"  # basis anchors: none, huber or tukey (one reweighting, core/solver.py; README)
+    residual: bool = True  # basis: local residual correction with the tuned rings options (README)
     min_anchors: int = 3
     below_min_anchors: str = "global"  # or "skip"
     max_depth: float = 0.0  # > 0: depths beyond become +inf (REP 118 "too far")
@@ -127,6 +129,7 @@ class MetricDepthPipeline:
             raise ValueError(f"below_min_anchors must be one of {BELOW_MIN}, got {cfg.below_min_anchors!r}")
         self.device = resolve_device(cfg.device)
         self.backend = backend or load_backend(cfg.mde, self.device)
+        self.tuned = load_tuned(cfg.tuned)  # read once: the per-frame path never touches files
         self._aligners: dict[str, object] = {}
         self.aligner(cfg.method)  # load now: a bad checkpoint fails at start, not on the first frame
 
@@ -139,9 +142,7 @@ class MetricDepthPipeline:
                 ckpt = self.cfg.checkpoint or default_checkpoint(self.cfg.generator_regime)
                 opts = {"checkpoint": ckpt, "device": self.device, "ridge": self.cfg.ridge, "robust": self.cfg.robust}
             else:  # baselines run as tuned on LiDAR ring patterns (config tuned_baselines)
-                from .tuned import load_tuned, tuned_options
-
-                opts = tuned_options(load_tuned(self.cfg.tuned), "rings", name)
+                opts = tuned_options(self.tuned, "rings", name)
             al = make(name, **opts)
             if name == "basis":
                 from .checkpoints import check_generator_mde
@@ -152,6 +153,9 @@ class MetricDepthPipeline:
         al = self._aligners[name]
         if name == "basis":
             al.ridge, al.robust = self.cfg.ridge, self.cfg.robust
+            res = tuned_options(self.tuned, "rings", "basis-res") if self.cfg.residual else {}
+            al.residual_bandwidth = res.get("residual_bandwidth", 0.0)
+            al.residual_shrink = res.get("residual_shrink", 1.0)
         return al
 
     def project(self, points: np.ndarray, K: np.ndarray, T_cam_lidar: np.ndarray,

@@ -275,13 +275,28 @@ def test_node_exits_cleanly_on_sigint(tmp_path):
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "scalefield_ros.align_node", "--ros-args", "-p", "device:=cpu"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(6.0)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read():
+        for line in p.stdout:
+            lines.append(line)
+            if "scalefield_align ready" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert ready.wait(120), "".join(lines)[-2000:]
+    time.sleep(1.0)
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err[-2000:]
-    assert "Traceback" not in err and "RCLError" not in err, err[-2000:]
+    p.wait(timeout=30)
+    reader.join(timeout=5)
+    out = "".join(lines)
+    assert p.returncode == 0, out[-2000:]
+    assert "Traceback" not in out and "RCLError" not in out, out[-2000:]

@@ -253,3 +253,43 @@ def test_global_scale_variants_and_the_robust_fallback(smooth_depth):
     assert "shift" in eq2.extras and "shift" not in med.extras
     with pytest.raises(ValueError, match="space"):
         aligners.make("global", space="cubic")
+
+
+def test_residual_correction_adds_local_detail_and_vanishes_far_from_anchors():
+    """basis-res: dense anchors on a pattern outside the basis span are followed; far away the field is the paper's."""
+    torch.manual_seed(0)
+    gen = BasisMapGenerator(num_basis=4, width=8)
+    h, w = 48, 96
+    d = torch.ones(h, w) * 2.0
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    gt = d * 3.0 * torch.exp(0.2 * torch.sin(u / 6.0))  # a pattern the untrained maps do not represent
+    left = u < w // 2
+    uv = torch.stack([u[left], v[left]], 1)[::2]  # dense anchors on the left half only
+    z = gt[uv[:, 1].long(), uv[:, 0].long()]
+    plain = aligners.make("basis", generator=gen).fit(d, uv, z)
+    res = aligners.make("basis", generator=gen, residual_bandwidth=0.02, residual_shrink=0.03).fit(d, uv, z)
+    err = lambda out, m: float(((out.depth - gt).abs() / gt)[m].mean())  # noqa: E731
+    near = left & (u > 4) & (u < w // 2 - 4)
+    assert err(res, near) < 0.5 * err(plain, near)
+    far = u > w - 10
+    assert torch.allclose(res.depth[far], plain.depth[far], rtol=1e-3)
+
+
+def test_gaussian_splat_matches_the_exact_sums():
+    g = torch.Generator().manual_seed(1)
+    uv = torch.rand(2, 400, 2, generator=g) * torch.tensor([159.0, 63.0])
+    vals = torch.randn(2, 3, 400, generator=g)
+    exact = aligners.gaussian_sums(uv, vals, (64, 160), (16, 40), 10.0).float()
+    fast = aligners.gaussian_splat(uv, vals, (64, 160), 4, 10.0)
+    assert float((exact - fast).abs().max() / exact.abs().max()) < 0.05
+
+
+def test_region_expansion_grows_the_mask_until_enough_anchors():
+    al = aligners.make("region", min_per_region=4, pixel_stride=1)
+    lab = torch.zeros(20, 20, dtype=torch.long)
+    lab[8:12, 8:12] = 1  # a small square region with no anchor inside
+    uv = torch.tensor([[9.0, 14.0], [14.0, 9.0], [3.0, 9.0], [9.0, 3.0], [0.0, 0.0], [19.0, 19.0]])
+    mem = al.members(lab, torch.tensor([0, 1]), uv, torch.ones(6, dtype=torch.bool), 4)
+    # region 1 grows ring by ring: 3 px reach the first two, 6 px the next two; the corners stay out
+    assert mem[1].tolist() == [True, True, True, True, False, False]
+    assert mem[0].sum() == 6  # region 0 holds all of them already
