@@ -386,7 +386,7 @@ def build_node(node_cls, **node_kwargs):
 def main(args: list[str] | None = None) -> None:
     import rclpy
     import rclpy.logging
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.node import Node
 
     import signal
@@ -394,15 +394,20 @@ def main(args: list[str] | None = None) -> None:
     from rclpy.signals import SignalHandlerOptions
 
     # rclpy's own SIGINT handler invalidates the context at once, while the worker may be
-    # publishing a frame; we take SIGINT/SIGTERM as KeyboardInterrupt instead and stop
-    # the worker before the context goes.
+    # publishing a frame. We install ours: SIGINT/SIGTERM only set a flag (an exception
+    # raised inside executor code could leave its locks held and hang the shutdown); the
+    # loop below sees it within 0.1 s, then the worker stops before the context goes.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
 
-    def _interrupt(signum, frame):
-        raise KeyboardInterrupt
+    def _request_stop(signum, frame):
+        if stop.is_set():  # a second Ctrl-C while starting up: give up at once
+            raise KeyboardInterrupt
+        stop.set()
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    node = None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _request_stop)
+    node = executor = None
     try:
         try:
             node = build_node(Node)
@@ -410,13 +415,18 @@ def main(args: list[str] | None = None) -> None:
             # bad parameters, a missing or corrupt checkpoint/model: say so and exit non-zero
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
             raise SystemExit(1) from None
-        while rclpy.ok():  # short waits, so that KeyboardInterrupt arrives between them
-            rclpy.spin_once(node, timeout_sec=0.1)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok() and not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
-            node.stop()
+            node.stop()  # the worker finishes (or drops) its frame while publishers still exist
+            if executor is not None:
+                executor.remove_node(node)
+                executor.shutdown(timeout_sec=1.0)
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

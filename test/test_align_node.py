@@ -292,10 +292,15 @@ def test_node_exits_cleanly_on_sigint(tmp_path):
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    assert ready.wait(120), "".join(lines)[-2000:]
-    time.sleep(1.0)
-    p.send_signal(signal.SIGINT)
-    p.wait(timeout=30)
+    try:
+        assert ready.wait(120), "".join(lines)[-2000:]
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:  # never leave a node behind on the test's DDS domain
+            p.kill()
+            p.wait()
     reader.join(timeout=5)
     out = "".join(lines)
     assert p.returncode == 0, out[-2000:]
