@@ -85,6 +85,21 @@ PARAMS: tuple[Param, ...] = (
     Param("publish_color", True, "also publish depth/scale_field/color (bgr8) for rviz"),
 )
 PARAM_DEFAULTS = {p.name: p.default for p in PARAMS}
+#: Numeric ranges, declared in the parameter descriptors (what `ros2 param describe` shows)
+#: and checked by validate_param.
+PARAM_RANGES: dict[str, tuple[float, float]] = {
+    "torch_threads": (0, 256), "ridge_lambda": (1e-12, 100.0), "min_anchors": (1, 1_000_000),
+    "min_rank_correlation": (-1.0, 1.0), "max_log_ratio_spread": (1e-6, 100.0), "max_anchor_residual": (1e-6, 100.0),
+    "max_scale_ratio": (1.000001, 1e12), "max_depth": (0.0, 1e6), "qos_depth": (1, 10_000), "sync_slop": (0.0, 10.0),
+    "sync_queue_size": (1, 10_000), "occlusion_kernel": (0, 63),
+}
+
+
+def coerce_param(name: str, value: Any) -> Any:
+    """An integer where a double is meant (``max_depth: 80`` in a YAML, ``ros2 param set ... 80``) is that double."""
+    if isinstance(PARAM_DEFAULTS.get(name), float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
@@ -124,6 +139,10 @@ def validate_param(name: str, value: Any) -> str | None:
         return f"{name} must be a float > 0, got {value!r}"
     if name == "max_scale_ratio" and not (isinstance(value, float) and value > 1):
         return f"max_scale_ratio must be a float > 1, got {value!r}"
+    if name in PARAM_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = PARAM_RANGES[name]
+        if not lo <= value <= hi:
+            return f"{name} must be within [{lo:g}, {hi:g}], got {value!r}"
     if name == "torch_threads" and not (isinstance(value, int) and value >= 0):
         return f"torch_threads must be an integer >= 0 (0 = automatic), got {value!r}"
     if name == "min_anchors" and not (isinstance(value, int) and value >= 1):
@@ -145,7 +164,7 @@ def build_node(node_cls, **node_kwargs):
     import rclpy.duration
     import rclpy.time
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
     from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, DurabilityPolicy
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
@@ -153,9 +172,19 @@ def build_node(node_cls, **node_kwargs):
         def __init__(self) -> None:
             super().__init__(NODE_NAME, **node_kwargs)
             for p in PARAMS:
-                self.declare_parameter(p.name, p.default, ParameterDescriptor(
-                    description=p.description + ("" if p.dynamic else " (read at start)"), read_only=False))
-            v = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+                desc = ParameterDescriptor(description=p.description + ("" if p.dynamic else " (read at start)"),
+                                           read_only=not p.dynamic,
+                                           # an integer where a double is meant is accepted (and converted)
+                                           dynamic_typing=isinstance(p.default, float))
+                if p.name in PARAM_RANGES:
+                    lo, hi = PARAM_RANGES[p.name]
+                    if isinstance(p.default, float):
+                        desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi),
+                                                                        step=0.0)]
+                    else:
+                        desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+                self.declare_parameter(p.name, p.default, desc)
+            v = {p.name: coerce_param(p.name, self.get_parameter(p.name).value) for p in PARAMS}
             for name, value in v.items():
                 err = validate_param(name, value)
                 if err:
@@ -226,38 +255,39 @@ def build_node(node_cls, **node_kwargs):
         # -- parameters ---------------------------------------------------------------
         def _on_params(self, params) -> SetParametersResult:
             dyn = {p.name for p in PARAMS if p.dynamic}
+            value = {p.name: coerce_param(p.name, p.value) for p in params}
             for p in params:
                 if p.name not in dyn and p.name in PARAM_DEFAULTS:
                     return SetParametersResult(successful=False, reason=f"{p.name} is read at start; restart the node")
-                err = validate_param(p.name, p.value)
+                err = validate_param(p.name, value[p.name])
                 if err:
                     return SetParametersResult(successful=False, reason=err)
             cfg = self.pipeline.cfg
             for p in params:
                 if p.name == "method":
                     try:
-                        self.pipeline.aligner(p.value)
+                        self.pipeline.aligner(value[p.name])
                     except Exception as exc:  # e.g. a missing checkpoint: refuse, keep the old method
-                        return SetParametersResult(successful=False, reason=f"cannot switch to {p.value}: {exc}")
-                    cfg.method = p.value
+                        return SetParametersResult(successful=False, reason=f"cannot switch to {value[p.name]}: {exc}")
+                    cfg.method = value[p.name]
                 elif p.name == "ridge_lambda":
                     if cfg.ridge != "gcv":
-                        cfg.ridge = p.value
-                    self._ridge_lambda = p.value
+                        cfg.ridge = value[p.name]
+                    self._ridge_lambda = value[p.name]
                 elif p.name == "ridge_policy":
-                    cfg.ridge = "gcv" if p.value == "gcv" else getattr(
-                        self, "_ridge_lambda", self.get_parameter("ridge_lambda").value)
+                    cfg.ridge = "gcv" if value[p.name] == "gcv" else getattr(
+                        self, "_ridge_lambda", coerce_param("ridge_lambda", self.get_parameter("ridge_lambda").value))
                 elif p.name == "min_anchors":
-                    cfg.min_anchors = p.value
+                    cfg.min_anchors = value[p.name]
                 elif p.name == "below_min_anchors":
-                    cfg.below_min_anchors = p.value
+                    cfg.below_min_anchors = value[p.name]
                 elif p.name == "robust_anchors":
-                    cfg.robust = p.value
+                    cfg.robust = value[p.name]
                 elif p.name == "residual_correction":
-                    cfg.residual = p.value
+                    cfg.residual = value[p.name]
                 elif p.name in ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread",
                                 "max_anchor_residual", "max_scale_ratio"):
-                    setattr(cfg, p.name, p.value)
+                    setattr(cfg, p.name, value[p.name])
             return SetParametersResult(successful=True)
 
         # -- input ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ FRAMES = [WORLD.frame(i) for i in range(3)]
 
 @pytest.fixture(scope="module")
 def harness():
-    h = Harness(world_overrides(WORLD, max_depth=80.0))
+    h = Harness(world_overrides(WORLD, max_depth=80))  # an int for a double parameter is accepted at start
     yield h
     h.close()
 
@@ -53,6 +53,7 @@ def test_metric_depth_over_dds_matches_ground_truth(harness):
         # alignment reaches ~0.07. 0.15 fails if alignment or the extrinsic is broken.
         assert m["abs_rel"] < 0.15, m
         assert m["coverage"] > 0.99
+    assert h.node.pipeline.cfg.max_depth == 80.0
     assert h.wait_for(lambda: len(h.info) >= 3 and len(h.scale) >= 3 and len(h.color) >= 3, 5.0)
     assert cv.stamp_ns(h.info[-1].header) == cv.stamp_ns(h.depth[-1].header)
     assert h.info[-1].width == 640 and np.allclose(np.array(h.info[-1].k).reshape(3, 3), FRAMES[0].K)
@@ -136,13 +137,26 @@ def test_runtime_parameters_are_validated_and_applied(harness):
     assert not res[0].successful
     for bad in (1e9, float("inf")):  # would shrink every weight to 0: unscaled depth as "aligned"
         res = node.set_parameters([Parameter("ridge_lambda", value=bad)])
-        assert not res[0].successful and "(0, 100]" in res[0].reason
+        assert not res[0].successful and ("(0, 100]" in res[0].reason or "out of range" in res[0].reason)
     res = node.set_parameters([Parameter("robust_anchors", value="huber"), Parameter("ridge_policy", value="fixed")])
     assert res[0].successful and node.pipeline.cfg.robust == "huber" and node.pipeline.cfg.ridge == 0.001
     node.set_parameters([Parameter("robust_anchors", value="tukey"), Parameter("ridge_policy", value="gcv")])
     assert node.pipeline.cfg.ridge == "gcv"
     res = node.set_parameters([Parameter("device", value="cuda")])
-    assert not res[0].successful and "read at start" in res[0].reason
+    assert not res[0].successful and "read-only" in res[0].reason  # declared read_only: read at start
+    assert node.describe_parameter("device").read_only and not node.describe_parameter("method").read_only
+    # ranges are declared (ros2 param describe shows them) and enforced
+    rng = node.describe_parameter("max_scale_ratio").floating_point_range[0]
+    assert rng.from_value > 1 and rng.to_value >= 1e9
+    assert node.describe_parameter("min_anchors").integer_range[0].from_value == 1
+    res = node.set_parameters([Parameter("min_rank_correlation", value=2.0)])
+    assert not res[0].successful
+    # an integer where a double is meant is that double (max_depth: 80 in a YAML, ros2 param set ... 80)
+    res = node.set_parameters([Parameter("max_depth", value=80)])
+    assert res[0].successful and node.pipeline.cfg.max_depth == 80.0 and isinstance(node.pipeline.cfg.max_depth, float)
+    res = node.set_parameters([Parameter("max_depth", value="far")])
+    assert not res[0].successful
+    node.set_parameters([Parameter("max_depth", value=80.0)])
     res = node.set_parameters([Parameter("method", value="global")])
     assert res[0].successful and node.pipeline.cfg.method == "global"
     n_diag = len(harness.diag)
