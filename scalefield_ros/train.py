@@ -36,7 +36,7 @@ from .core.losses import LossWeights, total_loss
 from .core.metrics import depth_metrics
 from .core.rings import random_ring_pattern
 from .core.scale_field import ScaleField, log_targets, sample_maps
-from .core.solver import RidgeSettings, independent_anchor_count, solve_weights
+from .core.solver import RidgeSettings, independent_anchor_count, policy_settings, solve_weights
 from .data.synthetic import HELD_OUT_SEED, parse_seeds
 from .threads import add_threads_argument, set_threads
 
@@ -275,11 +275,9 @@ def _anchor_batch(items: list[_Item], cfg: TrainConfig, rng: np.random.Generator
 
 
 def ridge_settings(ridge: float | str, gen) -> RidgeSettings:
-    """The solver settings inference uses for this lambda policy (see ``BasisAligner.settings``)."""
+    """The solver settings inference uses for this lambda policy (``core.solver.policy_settings``)."""
     g = gen.module if hasattr(gen, "module") else gen
-    adaptive = str(ridge) == "gcv"
-    return RidgeSettings(lam="gcv" if adaptive else float(ridge),
-                         free_intercept=adaptive and g.config.ungated_global)
+    return policy_settings(ridge, g.config.ungated_global)
 
 
 def step_loss(gen, batch: list[_Item], cfg: TrainConfig, rng, device) -> tuple[dict, torch.Tensor]:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from .anchors import AnchorBatch, prepare_anchors
 from .generator import BasisMapGenerator, BasisMaps, load_generator
 from .scale_field import ScaleField, log_targets, ridge_solve, sample_maps
-from .solver import RidgeSettings, independent_anchor_count, solve_weights
+from .solver import RidgeSettings, independent_anchor_count, policy_settings, solve_weights
 
 NO_ANCHORS = "no_anchors"
 GLOBAL_SCALE = "global_scale"
@@ -648,11 +648,8 @@ class BasisAligner(Aligner):
     @property
     def settings(self) -> RidgeSettings:
         """The solver settings the current options give (validates them)."""
-        free = self.free_intercept
-        if free is None:
-            free = self.ridge == "gcv" and self.generator.config.ungated_global
-        lam = self.ridge if self.ridge == "gcv" else float(self.ridge)
-        return RidgeSettings(lam=lam, free_intercept=bool(free), robust=self.robust, robust_iters=self.robust_iters)
+        return policy_settings(self.ridge, self.generator.config.ungated_global, self.robust, self.robust_iters,
+                               self.free_intercept)
 
     def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
         maps = ctx.maps

@@ -81,6 +81,20 @@ class RidgeSettings:
         return self.lam == "gcv"
 
 
+def policy_settings(ridge: float | str, ungated_global: bool, robust: str = "none", robust_iters: int = 1,
+                    free_intercept: bool | None = None) -> RidgeSettings:
+    """Solver settings of a lambda policy: ``"gcv"`` or a fixed lambda.
+
+    ``free_intercept`` defaults to GCV with a generator whose E_0 is the constant map
+    (``ungated_global``); a fixed lambda then penalises every weight, eq 15 verbatim.
+    Inference (``BasisAligner``) and training use this one mapping.
+    """
+    adaptive = str(ridge) == "gcv"
+    free = (adaptive and ungated_global) if free_intercept is None else free_intercept
+    return RidgeSettings(lam="gcv" if adaptive else float(ridge), free_intercept=bool(free), robust=robust,
+                         robust_iters=robust_iters)
+
+
 @dataclass
 class RidgeSolution:
     """Weights and everything known about them, per image of the batch."""
