@@ -338,7 +338,8 @@ def _plot(log_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(csv.DictReader(log_path.open()))
+    with log_path.open() as fh:
+        rows = list(csv.DictReader(fh))
     if not rows:
         return
     ep = [int(r["epoch"]) for r in rows]

@@ -273,6 +273,18 @@ class BagDataset:
     def _open(self, bag: Path) -> BagFrames:
         return BagFrames(bag, *self.topics, gt_topic="", slop=self.slop, queue=self.queue)
 
+    def close(self) -> None:
+        """Close the bag being read (``ds[i]`` reopens it when needed)."""
+        if self._cursor is not None:
+            self._cursor[1].close()
+            self._cursor = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the reader may already be gone
+            pass
+
     def __len__(self) -> int:
         return len(self.items)
 
