@@ -16,6 +16,8 @@ EXECUTABLES = {
     "replay": "replay",
     "bench": "bench",
     "tune": "tune",
+    "calibrate": "calibrate",
+    "stability": "stability",
     "train_embedded_mde": "mde.train_embedded",
 }
 

@@ -71,6 +71,22 @@ PARAMS: tuple[Param, ...] = (
     Param("max_anchor_residual", 0.35, "sanity gate: largest median |log(depth / anchor)| after the fit, > 0", True),
     Param("max_scale_ratio", 100.0, "sanity gate: largest p99/p1 spread of the fitted scale field, > 1", True),
     Param("max_depth", 0.0, "depths beyond this (m) are published as +inf (REP 118); 0 = no limit", True),
+    Param("edge_filter_ratio", 1.3, "drop LiDAR anchors on depth edges of the network's depth (mixed pixels, "
+          "extrinsic and sync errors): where its 7x7 max/min exceeds this; <= 1 = keep all", True),
+    Param("publish_uncertainty", True, "publish depth/metric/uncertainty (32FC1, one standard deviation of depth "
+          "in metres)", True),
+    Param("uncertainty_calibration", "street", "calibration of the uncertainty: street or indoor (shipped, fitted "
+          "on validation scenes), a YAML written by `python -m scalefield_ros.calibrate`, or empty for none"),
+    Param("max_relative_uncertainty", 0.4, "pixels whose sigma / depth exceeds this are published as NaN (no "
+          "valid estimate, REP 118); needs the uncertainty calibration; 0 = off", True),
+    Param("max_extrapolation", 1.1, "depths beyond this factor of the farthest anchor in view are published as "
+          "NaN (no valid estimate, REP 118); 0 = off", True),
+    Param("temporal_prior", False, "basis: ridge toward the previous frame's weights instead of 0; a frame with "
+          "too few anchors reuses them (diagnostics: fallback prior)", True),
+    Param("prior_strength", 0.1, "temporal prior strength rho (added to lambda toward the previous weights), >= 0",
+          True),
+    Param("prior_decay", 1.0, "seconds: the prior's strength decays as exp(-age / prior_decay), > 0", True),
+    Param("prior_max_age", 2.0, "seconds: an older prior is dropped (the below_min_anchors policy applies)", True),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),
     Param("qos_reliability", "best_effort", "subscriber QoS: best_effort (sensor data) or reliable"),
     Param("qos_depth", 5, "subscriber queue depth"),
@@ -91,8 +107,14 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "torch_threads": (0, 256), "ridge_lambda": (1e-12, 100.0), "min_anchors": (1, 1_000_000),
     "min_rank_correlation": (-1.0, 1.0), "max_log_ratio_spread": (1e-6, 100.0), "max_anchor_residual": (1e-6, 100.0),
     "max_scale_ratio": (1.000001, 1e12), "max_depth": (0.0, 1e6), "qos_depth": (1, 10_000), "sync_slop": (0.0, 10.0),
-    "sync_queue_size": (1, 10_000), "occlusion_kernel": (0, 63),
+    "sync_queue_size": (1, 10_000), "occlusion_kernel": (0, 63), "edge_filter_ratio": (0.0, 100.0),
+    "max_relative_uncertainty": (0.0, 1e6), "max_extrapolation": (0.0, 1e6), "prior_strength": (0.0, 1e6),
+    "prior_decay": (1e-3, 1e6), "prior_max_age": (0.0, 1e6),
 }
+#: Run-time parameters that are PipelineConfig fields of the same name.
+RUNTIME_CONFIG = ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread", "max_anchor_residual",
+                  "max_scale_ratio", "edge_filter_ratio", "max_relative_uncertainty", "max_extrapolation",
+                  "temporal_prior", "prior_strength", "prior_decay", "prior_max_age")
 
 
 def coerce_param(name: str, value: Any) -> Any:
@@ -112,17 +134,19 @@ def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
         method=v["method"], mde=v["mde_backend"], checkpoint=v["generator_checkpoint"],
         generator_regime=v["generator_regime"],
         ridge="gcv" if v["ridge_policy"] == "gcv" else v["ridge_lambda"], robust=v["robust_anchors"],
-        residual=v["residual_correction"],
-        min_anchors=v["min_anchors"],
-        below_min_anchors=v["below_min_anchors"], max_depth=v["max_depth"],
+        residual=v["residual_correction"], min_anchors=v["min_anchors"], below_min_anchors=v["below_min_anchors"],
         occlusion_kernel=v["occlusion_kernel"], device=v["device"], allow_mde_mismatch=v["allow_mde_mismatch"],
-        tuned=v["tuned_baselines"], gate_policy=v["gate_policy"], min_rank_correlation=v["min_rank_correlation"],
-        max_log_ratio_spread=v["max_log_ratio_spread"], max_anchor_residual=v["max_anchor_residual"],
-        max_scale_ratio=v["max_scale_ratio"])
+        tuned=v["tuned_baselines"], uncertainty=v["uncertainty_calibration"],
+        **{k: v[k] for k in RUNTIME_CONFIG})
 
 
 def validate_param(name: str, value: Any) -> str | None:
     """None when ``value`` is acceptable for ``name``, else the reason."""
+    default = PARAM_DEFAULTS.get(name)
+    if isinstance(default, float) and (not isinstance(value, float) or value != value):
+        return f"{name} must be a number, got {value!r}"
+    if isinstance(default, bool) and not isinstance(value, bool):
+        return f"{name} must be true or false, got {value!r}"
     if name == "method" and value not in PIPELINE_METHODS:
         return f"method must be one of {PIPELINE_METHODS}, got {value!r}"
     if name == "ridge_lambda" and not (isinstance(value, float) and 0 < value <= 100):
@@ -196,6 +220,7 @@ def build_node(node_cls, **node_kwargs):
             self.pipeline = MetricDepthPipeline(pipeline_config(v))
             self.T_param = quaternion_matrix(v["extrinsic_translation"], v["extrinsic_rotation"])
             self.publish_color = v["publish_color"]
+            self.publish_uncertainty = v["publish_uncertainty"]
             self.add_on_set_parameters_callback(self._on_params)
 
             qos = QoSProfile(depth=v["qos_depth"], history=HistoryPolicy.KEEP_LAST,
@@ -206,6 +231,7 @@ def build_node(node_cls, **node_kwargs):
             self.pub_info = self.create_publisher(CameraInfo, "depth/metric/camera_info", out_qos)
             self.pub_scale = self.create_publisher(Image, "depth/scale_field", out_qos)
             self.pub_color = self.create_publisher(Image, "depth/scale_field/color", out_qos)
+            self.pub_unc = self.create_publisher(Image, "depth/metric/uncertainty", out_qos)
             self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
 
@@ -285,9 +311,10 @@ def build_node(node_cls, **node_kwargs):
                     cfg.robust = value[p.name]
                 elif p.name == "residual_correction":
                     cfg.residual = value[p.name]
-                elif p.name in ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread",
-                                "max_anchor_residual", "max_scale_ratio"):
+                elif p.name in RUNTIME_CONFIG:
                     setattr(cfg, p.name, value[p.name])
+                elif p.name == "publish_uncertainty":
+                    self.publish_uncertainty = value[p.name]
             return SetParametersResult(successful=True)
 
         # -- input ----------------------------------------------------------------------
@@ -363,7 +390,7 @@ def build_node(node_cls, **node_kwargs):
                 frame = cv.decode_frame(img, info, cloud, self.compressed)
             except cv.ConversionError as exc:
                 return self._skip(img.header, str(exc))
-            if frame.cloud_problem:
+            if frame.cloud_problem and not self.pipeline.has_prior:
                 return self._skip(img.header, frame.cloud_problem)
             rgb, cam, pts = frame.rgb, frame.camera, frame.points
             if np.any(cam.distortion) and not self._warned_distortion:
@@ -371,13 +398,15 @@ def build_node(node_cls, **node_kwargs):
                 self.get_logger().warning("CameraInfo has non-zero distortion D: this node assumes a rectified "
                                        "image (subscribe to image_rect); anchors will be off otherwise")
             T = self._extrinsic(img.header.frame_id or cam.frame_id, cloud.header.frame_id, img.header.stamp)
-            out = self.pipeline.process(rgb, cam.K, pts, T)
+            out = self.pipeline.process(rgb, cam.K, pts, T, stamp=cv.stamp_ns(img.header) * 1e-9)
             if out.depth is None:
                 return self._skip(img.header, out.reason, error=bool(out.gate))
             self.pub_depth.publish(cv.array_to_image(self.types, out.depth, "32FC1", img.header))
             info.header = img.header
             self.pub_info.publish(info)
             self.pub_scale.publish(cv.array_to_image(self.types, out.scale.astype(np.float32), "32FC1", img.header))
+            if self.publish_uncertainty and out.sigma is not None:
+                self.pub_unc.publish(cv.array_to_image(self.types, out.sigma, "32FC1", img.header))
             if self.publish_color:
                 self.pub_color.publish(cv.array_to_image(self.types, cv.scale_to_color(out.scale), "bgr8", img.header))
             self.frames_done += 1
@@ -394,10 +423,18 @@ def build_node(node_cls, **node_kwargs):
             level, message = DiagnosticStatus.OK, "aligned"
             if out is not None:
                 values.update({f"latency_{k}_ms": f"{1000 * s:.2f}" for k, s in out.timings.items()})
-                values.update(anchors=out.anchors, log_residual=f"{out.residual:.4f}", fallback=out.fallback or "none")
+                values.update(anchors=out.anchors, log_residual=f"{out.residual:.4f}", fallback=out.fallback or "none",
+                              nan_policy_share=f"{out.invalid_share:.4f}")
+                if out.sigma is not None:
+                    fin = np.isfinite(out.sigma) & np.isfinite(out.depth) & (out.depth > 0)
+                    rel = out.sigma[fin] / out.depth[fin]
+                    values["median_relative_sigma"] = f"{float(np.median(rel)):.4f}" if rel.size else "nan"
                 if out.ridge_lambda == out.ridge_lambda:  # basis only (NaN for the other methods)
                     values["ridge_lambda"] = f"{out.ridge_lambda:.3g}"
-                if out.fallback:
+                if out.fallback == "prior":
+                    level, message = DiagnosticStatus.WARN, ("fallback: prior (too few anchors; the previous frame's "
+                                                             "weights on this image)")
+                elif out.fallback:
                     level, message = DiagnosticStatus.WARN, f"fallback: {out.fallback}"
                 if out.gate:  # gate_policy publish: published, but not believable
                     level, message = DiagnosticStatus.ERROR, f"{GATE_MESSAGE} ({out.gate})"

@@ -172,6 +172,8 @@ def run(args: argparse.Namespace) -> dict:
             times = [al.fit(sc.mde, uv, z, basis_maps=maps).timings for _ in range(reps)]
             st[f"solve_k{k}"] = 1000 * float(np.median([t.get("prepare", 0) + t.get("solve", 0) for t in times]))
             st[f"apply_k{k}"] = 1000 * float(np.median([t.get("apply", 0) for t in times]))
+            if k == 30:
+                st["uncertainty_k30"] = uncertainty_cost(res, sc.mde, uv, z, device, warm, reps)
             del res
         stages[key] = st
     solver = solver_cost(device, warm, max(reps, 5))
@@ -236,6 +238,21 @@ def write_report(out: Path, doc: dict) -> None:
 #: (name, feature C, feature h, feature w, image H, image W) of the generator-cost table
 FEATURE_SIZES = [("56x80", 32, 56, 80, 112, 160), ("112x160", 32, 112, 160, 224, 320),
                  ("224x320", 32, 224, 320, 448, 640), ("vit37x37x384", 384, 37, 37, 518, 518)]
+
+
+def uncertainty_cost(res, mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor, device: torch.device, warm: int,
+                     reps: int) -> float:
+    """Per-pixel sigma of a basis fit with the shipped street calibration of the node's method (ms)."""
+    from .core.uncertainty import uncertainty_features
+    from .tuned import load_uncertainty
+
+    model = load_uncertainty("street")["basis-res"]
+
+    def run():
+        f = uncertainty_features("basis", res, mde, uv, z, needed=model.needed())
+        return res.depth * model.log_sigma(f)
+
+    return timeit(run, device, warm, reps)[0]
 
 
 def solver_cost(device: torch.device, warm: int = 1, reps: int = 5) -> dict:

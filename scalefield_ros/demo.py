@@ -6,8 +6,9 @@ Starts ``scalefield_align`` (shipped embedded MDE + K=30 generator) and a publis
 held-out synthetic street sequence (camera, CameraInfo, spinning LiDAR) in one process,
 with DDS kept on this machine. For each frame it prints the node's end-to-end latency,
 its per-stage latency and AbsRel against the world's ground truth, then writes
-``OUT/demo_strip.png`` (RGB | metric depth | scale field | error) and prints
-``mean AbsRel: <float>``.
+``OUT/demo_strip.png`` (RGB | metric depth | its uncertainty sigma | error | scale field)
+and prints ``mean AbsRel: <float>`` (over the evaluation-mask pixels published; the
+coverage is printed per frame).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import numpy as np
 from .threads import add_threads_argument, set_threads
 
 
-def save_strip(path: Path, frame, depth: np.ndarray, scale: np.ndarray, max_depth: float) -> None:
+def save_strip(path: Path, frame, depth: np.ndarray, scale: np.ndarray, max_depth: float,
+               sigma: np.ndarray | None = None) -> None:
+    """RGB | metric depth | sigma | |error| | scale field, the depth panels in metres side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,12 +31,16 @@ def save_strip(path: Path, frame, depth: np.ndarray, scale: np.ndarray, max_dept
 
     gt = frame.depth
     valid = np.isfinite(gt) & (gt > 0.1) & (gt < max_depth) & np.isfinite(depth)
-    err = np.where(valid, np.abs(depth - gt) / np.where(valid, gt, 1), np.nan)
-    fig, ax = plt.subplots(4, 1, figsize=(8, 8.6))
-    panels = [("camera image", frame.rgb, {}), ("metric depth /depth/metric (m)",
-              np.where(np.isfinite(depth), depth, np.nan), {"cmap": "magma_r", "vmin": 0, "vmax": max_depth}),
-              ("scale field /depth/scale_field", scale, {"cmap": "viridis"}),
-              ("AbsRel vs ground truth", err, {"cmap": "inferno", "vmin": 0, "vmax": 0.3})]
+    err = np.where(valid, np.abs(depth - gt), np.nan)
+    emax = float(np.nanpercentile(err, 98)) if np.isfinite(err).any() else 1.0
+    panels = [("camera image", frame.rgb, {}), ("metric depth /depth/metric (m; white = NaN, no valid estimate)",
+              np.where(np.isfinite(depth), depth, np.nan), {"cmap": "magma_r", "vmin": 0, "vmax": max_depth})]
+    if sigma is not None:
+        panels.append(("uncertainty /depth/metric/uncertainty: one sigma (m)", np.where(np.isfinite(sigma), sigma, np.nan),
+                       {"cmap": "inferno", "vmin": 0, "vmax": emax}))
+    panels += [("|error| vs ground truth (m), same colour scale", err, {"cmap": "inferno", "vmin": 0, "vmax": emax}),
+               ("scale field /depth/scale_field", scale, {"cmap": "viridis"})]
+    fig, ax = plt.subplots(len(panels), 1, figsize=(8, 2.15 * len(panels)))
     for a, (title, img, kw) in zip(ax, panels):
         im = a.imshow(img, **kw)
         a.set_title(title, fontsize=9)
@@ -101,13 +108,17 @@ def main(argv: list[str] | None = None) -> float:
                       if kv.key.startswith("latency_")}
             stage_txt = " ".join(f"{k} {v:.1f}" for k, v in stages.items())
             print(f"frame {i}: end-to-end {1000 * latency:.0f} ms [{stage_txt} ms]  "
-                  f"AbsRel {m['abs_rel']:.3f}  delta1 {m['delta1']:.3f}", flush=True)
+                  f"AbsRel {m['abs_rel']:.3f}  delta1 {m['delta1']:.3f}  coverage {m['coverage']:.3f}", flush=True)
             scale_msg = rig.scale[-1] if rig.scale else None
-            last = (frame, d, cv.image_to_array(scale_msg) if scale_msg is not None else np.ones_like(d))
+            stamp = cv.stamp_ns(rig.depth[-1].header)
+            rig.wait_for(lambda: any(cv.stamp_ns(u.header) == stamp for u in rig.uncertainty[-2:]), 2.0)
+            unc = [u for u in rig.uncertainty[-2:] if cv.stamp_ns(u.header) == stamp]
+            last = (frame, d, cv.image_to_array(scale_msg) if scale_msg is not None else np.ones_like(d),
+                    cv.image_to_array(unc[-1]) if unc else None)
     finally:
         rig.close()
     if last is not None:
-        save_strip(out / "demo_strip.png", last[0], last[1], last[2], max_depth)
+        save_strip(out / "demo_strip.png", last[0], last[1], last[2], max_depth, last[3])
         print(f"wrote {out / 'demo_strip.png'}")
     mean = float(np.mean(rels)) if rels else float("nan")
     print(f"mean AbsRel: {mean:.4f}")

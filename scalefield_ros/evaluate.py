@@ -27,7 +27,7 @@ import torch
 
 from .checkpoints import MODELS_DIR, default_checkpoint
 from .core import make
-from .core.anchors import DROP_COUNTS, REGIMES, drop_anchor_sets, grid_candidates, choose_anchors, project_points
+from .core.anchors import DROP_COUNTS, REGIMES, drop_anchor_sets, grid_candidates, choose_anchors, edge_filter, occlusion_filter, project_points
 from .core.rings import RING_COUNTS, ring_regime, thin_to_rings
 from .core.generator import load_generator
 from .core.metrics import depth_metrics
@@ -40,6 +40,9 @@ METHODS = ["basis", "basis-res", "global", "global-scale", "piecewise", "lwlr", 
 DROP_REGIMES = [f"drop{n}" for n in DROP_COUNTS]
 RING_REGIMES = [f"rings{n}" for n in RING_COUNTS]
 METRIC_KEYS = ("abs_rel", "delta1", "rmse", "sq_rel", "delta2", "delta3", "coverage")
+#: Uncertainty figures (core/uncertainty.py), with a calibration; policy_* with the NaN policy.
+UNCERTAINTY_KEYS = ("within_1sigma", "within_2sigma", "sharpness", "ause", "policy_abs_rel", "policy_coverage",
+                    "policy_removed_outside")
 
 
 def parse_regimes(text: str) -> list[str]:
@@ -58,13 +61,16 @@ def parse_regimes(text: str) -> list[str]:
     return out
 
 
-def ring_anchors(sample, n_rings: int, index: int, occlusion_kernel: int = 5) -> tuple[np.ndarray, np.ndarray, int]:
+def ring_anchors(sample, n_rings: int, index: int, occlusion_kernel: int = 5,
+                 corrupt: tuple[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """LiDAR anchors as the node gets them from a sensor with ``n_rings`` rings in view.
 
     The sample's scan is thinned to ``n_rings`` evenly spaced rings of those in the image
     (a per-image seeded offset says which ring starts the pattern), then projected with
     the node's projection and occlusion filter. Depths are the LiDAR's own (noisy) ranges;
-    metrics use the dataset's ground truth. Returns ``(uv, z, rings in view)``.
+    metrics use the dataset's ground truth. ``corrupt`` (see :func:`corrupt_anchors`)
+    corrupts the sensor's returns *before* the occlusion filter, where a real LiDAR's
+    outliers and mixed pixels arrive. Returns ``(uv, z, rings in view)``.
     """
     if sample.points is None or sample.rings is None or sample.T_cam_lidar is None:
         raise ValueError(f"ring regimes need a LiDAR scan with ring ids; sample {sample.key} has none "
@@ -74,7 +80,11 @@ def ring_anchors(sample, n_rings: int, index: int, occlusion_kernel: int = 5) ->
                               n_rings, offset)
     uv, z = project_points(torch.from_numpy(np.ascontiguousarray(pts[:, :3], np.float32)),
                            torch.as_tensor(sample.T_cam_lidar), torch.as_tensor(sample.K), sample.depth.shape,
-                           occlusion_kernel=occlusion_kernel)
+                           occlusion_kernel=1 if corrupt else occlusion_kernel)
+    if corrupt:
+        z = torch.from_numpy(corrupt_anchors(uv.numpy(), z.numpy(), sample.depth, corrupt[0], corrupt[1], index))
+        keep = occlusion_filter(uv, z, sample.depth.shape, occlusion_kernel)
+        uv, z = uv[keep], z[keep]
     return uv.numpy(), z.numpy(), used
 
 
@@ -167,7 +177,9 @@ class Evaluator:
     def __init__(self, methods: list[str], regimes: list[str], backend, device: torch.device,
                  checkpoint: dict[str, str] | str | None = None, ablation_checkpoint: str | None = None,
                   basis_options: dict | None = None, allow_mde_mismatch: bool = False, cache=None,
-                 tuned: str | None = "auto", corrupt: tuple[str, float] | None = None) -> None:
+                 tuned: str | None = "auto", corrupt: tuple[str, float] | None = None,
+                 edge_ratio: float = 0.0, uncertainty: str | None = "auto",
+                 nan_policy: tuple[float, float] = (0.0, 0.0), collect: int = 0) -> None:
         from .checkpoints import check_generator_mde
 
         self.methods, self.regimes, self.backend, self.device = methods, regimes, backend, device
@@ -188,6 +200,13 @@ class Evaluator:
             check_generator_mde(self.ablation.config, backend, allow_mde_mismatch, what="ablation generator")
         self.tuned_spec = tuned
         self.corrupt = corrupt
+        self.edge_ratio = edge_ratio
+        self.uncertainty_spec = uncertainty  # calibration spec (see tuned.load_uncertainty); None = none
+        self._calibrations: dict[str, dict] = {}
+        self.nan_policy = nan_policy  # (max_relative_uncertainty, max_extrapolation)
+        self.collect = collect  # > 0: keep this many pixels per image and method for `calibrate`
+        self.collected: dict[str, list[dict]] = {}
+        self.curves: dict[str, dict[str, list]] = {}
         self._tuned: dict[str, dict] = {}  # family -> tuned options
         self._aligners: dict[tuple, object] = {}
         self.options_used: dict[str, dict[str, dict]] = {}  # method -> regime -> options
@@ -218,12 +237,15 @@ class Evaluator:
         fig_data = None
         for regime in self.regimes:
             if ring_regime(regime):
-                uv, z, used = ring_anchors(sample, ring_regime(regime), index)
+                uv, z, used = ring_anchors(sample, ring_regime(regime), index, corrupt=self.corrupt)
                 self.rings_seen.setdefault(regime, []).append(used)
             else:
                 uv, z = regime_anchors(sample, regime, index)
-            if self.corrupt:
+            if self.corrupt and not ring_regime(regime):
                 z = corrupt_anchors(uv, z, sample.depth, self.corrupt[0], self.corrupt[1], index)
+            if self.edge_ratio > 1 and len(z):
+                keep = edge_filter(torch.from_numpy(np.asarray(uv, np.float32)), mde.cpu(), ratio=self.edge_ratio).numpy()
+                uv, z = uv[keep], z[keep]
             for m in self.methods:
                 if m == "region" and labels is None:
                     self.skipped[m] = "dataset has no semantic labels"
@@ -249,9 +271,53 @@ class Evaluator:
                     res = self.baseline(m, regime, sample.family).fit(mde, uv, z, regions=labels)
                 met = depth_metrics(res.depth, gt, valid)
                 met["anchors"] = int(res.anchors_used[0])
+                if m != "basis-f0" and (self.collect or self.uncertainty_spec):
+                    met.update(self.uncertainty_metrics(m, regime, sample, res, mde, uv, z, gt, valid, index))
                 self.per_image[m][regime].append(met)
         if figure_path is not None and fig_data is not None:
             save_figure(figure_path, sample, mde.cpu(), fig_data, gt.cpu(), valid.cpu())
+
+    def uncertainty_metrics(self, m: str, regime: str, sample, res, mde, uv, z, gt, valid, index: int) -> dict:
+        """Calibration, sharpness and NaN-policy figures of one method on one image (or, for
+        ``calibrate``, a pixel sample of its uncertainty features and errors)."""
+        from .core.uncertainty import calibration_metrics, nan_policy, uncertainty_features
+        from .tuned import load_uncertainty
+
+        kind = "basis" if m.startswith("basis") else m
+        opts = self.options_used.get(m, {}).get(regime, {}) if kind != "basis" else {}
+        feats = uncertainty_features(kind, res, mde, torch.as_tensor(uv, dtype=torch.float32),
+                                     torch.as_tensor(z, dtype=torch.float32), options=opts)
+        depth = res.depth.unsqueeze(0) if res.depth.dim() == 2 else res.depth
+        if self.collect:
+            ok = valid & torch.isfinite(depth[0]) & (depth[0] > 0)
+            idx = torch.nonzero(ok.flatten()).squeeze(1)
+            g = torch.Generator().manual_seed(index * 7919 + len(m))
+            idx = idx[torch.randperm(len(idx), generator=g)[: self.collect].to(idx.device)]
+            d = depth[0].flatten()[idx]
+            row = {k: v[0].flatten()[idx].cpu().numpy() for k, v in feats.items()}
+            row["rel_err"] = ((gt.flatten()[idx] - d) / d).cpu().numpy()
+            row["regime"] = regime
+            self.collected.setdefault(m, []).append(row)
+            return {}
+        fam = sample.family
+        if fam not in self._calibrations:
+            self._calibrations[fam] = load_uncertainty(self.uncertainty_spec, fam)
+        model = self._calibrations[fam].get(m)
+        if model is None:
+            return {}
+        sigma = depth * model.log_sigma(feats)
+        cal = calibration_metrics(depth[0], sigma[0], gt, valid)
+        curves = self.curves.setdefault(m, {}).setdefault(regime, [])
+        curves.append((cal.pop("sparsification"), cal.pop("oracle")))
+        rel_u, ext = self.nan_policy
+        if rel_u > 0 or ext > 0:
+            bad = nan_policy(depth, sigma, torch.as_tensor(z, dtype=torch.float32), None, rel_u, ext)[0]
+            pub = torch.where(bad, torch.full_like(depth[0], float("nan")), depth[0])
+            pm = depth_metrics(pub, gt, valid)
+            outside = (~valid) & torch.isfinite(depth[0])
+            cal.update(policy_abs_rel=pm["abs_rel"], policy_coverage=pm["coverage"],
+                       policy_removed_outside=float((bad & outside).sum() / outside.sum().clamp_min(1)))
+        return cal
 
     def _tuned_for(self, family: str, regime: str, method: str) -> dict:
         from .tuned import load_tuned, tuned_options
@@ -276,11 +342,25 @@ class Evaluator:
                 if not rows:
                     continue
                 agg = {k: float(np.nanmean([row[k] for row in rows])) for k in METRIC_KEYS}
+                for k in UNCERTAINTY_KEYS:
+                    if k in rows[0]:
+                        agg[k] = float(np.nanmean([row[k] for row in rows]))
                 agg["images"] = len(rows)
                 agg["mean_anchors"] = float(np.mean([row["anchors"] for row in rows]))
                 if r in self.rings_seen:
                     agg["mean_rings"] = float(np.mean(self.rings_seen[r]))
                 out.setdefault(m, {})[r] = agg
+        return out
+
+    def curve_summary(self) -> dict:
+        """Mean sparsification and oracle curves per method and regime (AbsRel vs removed fraction)."""
+        out = {}
+        for m, regs in self.curves.items():
+            for r, rows in regs.items():
+                sp = np.mean([c[0] for c in rows if c[0]], 0).tolist()
+                orc = np.mean([c[1] for c in rows if c[1]], 0).tolist()
+                out.setdefault(m, {})[r] = {"removed": np.linspace(0, 0.95, len(sp)).tolist(),
+                                            "sparsification": sp, "oracle": orc}
         return out
 
     def spectral_summary(self) -> dict:
@@ -295,6 +375,32 @@ class Evaluator:
             "images": len(self.spectral),
             "regime": "low",
         }
+
+
+def save_sparsification(path: Path, curves: dict) -> None:
+    """Sparsification curves (solid) against the oracle (dashed), one panel per regime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = sorted({r for regs in curves.values() for r in regs})
+    fig, axes = plt.subplots(1, len(regimes), figsize=(4.5 * len(regimes), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], regimes):
+        for i, (m, regs) in enumerate(curves.items()):
+            if r not in regs:
+                continue
+            c = regs[r]
+            col = f"C{i}"
+            ax.plot(c["removed"], c["sparsification"], color=col, label=m)
+            ax.plot(c["removed"], c["oracle"], color=col, ls="--", lw=0.8)
+        ax.set_title(f"{r}: AbsRel of the pixels kept")
+        ax.set_xlabel("fraction removed (most uncertain first)")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("AbsRel (dashed: oracle)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def save_figure(path: Path, sample, mde: torch.Tensor, fig_data, gt: torch.Tensor, valid: torch.Tensor) -> None:
@@ -362,6 +468,18 @@ def write_tables(path: Path, results: dict, spectral: dict) -> None:
             for r in rings if r in results[first]))
     cov = [f"{m} {np.nanmin([v['coverage'] for v in results[m].values()]):.3f}" for m in methods]
     lines += ["coverage (share of mask pixels published, lowest over regimes): " + ", ".join(cov), ""]
+    unc = [(m, r, v) for m in methods for r, v in results[m].items() if "within_1sigma" in v]
+    if unc:
+        lines += ["## Uncertainty (share of pixels within ±1σ / ±2σ: 0.683 / 0.954 if calibrated; "
+                  "sharpness = mean σ/depth; AUSE of AbsRel)", "",
+                  "| method | regime | ±1σ | ±2σ | σ/depth | AUSE | AbsRel | NaN policy: AbsRel / coverage / "
+                  "outside-mask removed |", "|---|---|---|---|---|---|---|---|"]
+        for m, r, v in unc:
+            pol = (f"{v['policy_abs_rel']:.3f} / {v['policy_coverage']:.3f} / {v['policy_removed_outside']:.3f}"
+                   if "policy_abs_rel" in v else "-")
+            lines.append(f"| {m} | {r} | {v['within_1sigma']:.3f} | {v['within_2sigma']:.3f} | {v['sharpness']:.3f} | "
+                         f"{v['ause']:.4f} | {v['abs_rel']:.3f} | {pol} |")
+        lines.append("")
     if spectral:
         lines += ["## Spectral statistics (K=8 model, low regime)", "",
                   f"median η1 = {spectral['median_eta1']:.3f}, median |v1,0| = {spectral['median_v10']:.3f}, "
@@ -425,6 +543,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--untuned", action="store_true", help="run every baseline with its default options")
     p.add_argument("--corrupt", help="KIND:FRACTION of anchors corrupted, KIND random or bleed (edge bleeding), "
                    "e.g. random:0.1")
+    p.add_argument("--edge-filter", type=float, default=0.0, metavar="RATIO",
+                   help="drop anchors (for every method) on depth edges of the network's depth, where its 7x7 "
+                   "max/min exceeds RATIO (the node's edge_filter_ratio); 0 = keep all (the paper)")
+    p.add_argument("--uncertainty", default="auto", help="uncertainty calibration: auto (the shipped one of each "
+                   "image's family), street, indoor, a YAML written by `calibrate`, or none")
+    p.add_argument("--max-relative-uncertainty", type=float, default=0.0,
+                   help="NaN policy: also score with pixels whose sigma/depth exceeds this removed (policy_*)")
+    p.add_argument("--max-extrapolation", type=float, default=0.0,
+                   help="NaN policy: also score with depths beyond this x the farthest anchor removed (policy_*)")
     p.add_argument("--regimes", default="low,medium,high,drop")
     p.add_argument("--checkpoint", help="generator checkpoint for basis: one PATH for every regime, or "
                    "REGIME=PATH,... per regime or group (low, medium, high, drop, rings, rings8, ...); "
@@ -473,7 +600,9 @@ def main(argv: list[str] | None = None) -> dict:
     basis_options = {"ridge": ridge, "robust": a.robust, "residual_bandwidth": a.residual_bandwidth,
                      "residual_shrink": a.residual_shrink}
     ev = Evaluator(methods, regimes, backend, device, parse_checkpoints(a.checkpoint), a.ablation_checkpoint,
-                   basis_options, a.allow_mde_mismatch, cache, None if a.untuned else a.tuned, corrupt)
+                   basis_options, a.allow_mde_mismatch, cache, None if a.untuned else a.tuned, corrupt, a.edge_filter,
+                   None if a.uncertainty == "none" else a.uncertainty,
+                   (a.max_relative_uncertainty, a.max_extrapolation))
     for i in tqdm(range(len(ds)), desc="evaluating"):
         ev.run_sample(ds[i], i, out / f"sample_{i:02d}.png" if i < a.figures else None)
     results = ev.summary()
@@ -483,7 +612,12 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {"data": a.data, "frames": describe(ds), "methods": methods, "regimes": regimes, "mde": backend.name,
                    "checkpoints": ev.ckpt_for, "basis": basis_options,
                    "baseline_options": ev.options_used, "tuned": None if a.untuned else a.tuned,
-                   "corrupt": a.corrupt}}
+                   "corrupt": a.corrupt, "edge_filter": a.edge_filter, "uncertainty": a.uncertainty,
+                   "max_relative_uncertainty": a.max_relative_uncertainty,
+                   "max_extrapolation": a.max_extrapolation}}
+    if ev.curves:
+        doc["sparsification"] = ev.curve_summary()
+        save_sparsification(out / "sparsification.png", doc["sparsification"])
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     write_tables(out / "tables.md", results, spectral)
     plot_vs_anchors(out / "metrics_vs_anchors.png", results)

@@ -14,9 +14,10 @@ import torch
 
 from .core import make
 from .core.aligners import NO_ANCHORS
-from .core.anchors import project_points
+from .core.anchors import depth_spread, edge_filter, project_points
+from .core.uncertainty import nan_policy, uncertainty_features
 from .mde.backends import load_backend, resolve_device
-from .tuned import load_tuned, tuned_options
+from .tuned import load_tuned, load_uncertainty, tuned_options
 
 #: Methods the pipeline (and node) can run; region needs labels a robot does not have.
 PIPELINE_METHODS = ("basis", "global", "global-scale", "piecewise", "lwlr", "grid", "grid-smooth")
@@ -50,6 +51,18 @@ class PipelineConfig:
     max_scale_ratio: float = 100.0  # p99 / p1 of the fitted scale field over the image
     gate_policy: str = "skip"  # skip (never publish it) or publish (publish, diagnostics ERROR)
     gate: bool = True  # False: no sanity gate (evaluation of raw methods)
+    edge_filter_ratio: float = 1.3  # drop anchors on network depth edges (7x7 max/min above); <= 1 = off
+    # uncertainty (core/uncertainty.py): calibration "street"/"indoor"/a YAML path, "" = none
+    uncertainty: str = "street"
+    # NaN policy (REP 118 "no valid estimate"); defaults chosen on validation scenes (README: NaN policy)
+    max_relative_uncertainty: float = 0.4  # > 0: pixels with sigma / depth above become NaN
+    max_extrapolation: float = 1.1  # > 0: depths beyond this x the farthest anchor become NaN
+    # temporal prior (basis): ridge toward the previous frame's weights
+    temporal_prior: bool = False
+    prior_strength: float = 0.1  # rho added to lambda toward w_{t-1} (chosen on validation sequences, README)
+    prior_decay: float = 1.0  # seconds: the strength decays as exp(-age / prior_decay)
+    prior_max_age: float = 2.0  # seconds: an older prior is dropped (a frame without anchors falls back)
+    prior_sigma_growth: float = 0.0  # log-sigma added (in quadrature) per second of the prior's age
 
 
 @dataclass
@@ -57,7 +70,7 @@ class FrameOutput:
     depth: np.ndarray | None  # (H, W) float32 metres; NaN invalid, +inf beyond max_depth; None = skipped
     scale: np.ndarray | None  # (H, W) float32 s(x)
     anchors: int
-    fallback: str  # "" none, "global", "skip", "no_anchors"
+    fallback: str  # "" none, "global", "prior" (previous frame's weights), "skip", "no_anchors"
     reason: str  # why a frame was skipped ("" otherwise)
     residual: float
     timings: dict[str, float] = field(default_factory=dict)  # seconds: projection, mde, generator, solve, apply
@@ -65,6 +78,8 @@ class FrameOutput:
     anchors_depth: np.ndarray | None = None
     ridge_lambda: float = float("nan")  # the basis solve's lambda (chosen per frame with gcv)
     gate: str = ""  # "" passed; else why the sanity gate failed the frame (it is then an error)
+    sigma: np.ndarray | None = None  # (H, W) float32 one standard deviation of depth (m); NaN where depth is
+    invalid_share: float = 0.0  # share of pixels the NaN policy removed (max_relative_uncertainty, max_extrapolation)
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -131,6 +146,9 @@ class MetricDepthPipeline:
         self.backend = backend or load_backend(cfg.mde, self.device)
         self.tuned = load_tuned(cfg.tuned)  # read once: the per-frame path never touches files
         self._aligners: dict[str, object] = {}
+        self.calibration = load_uncertainty(cfg.uncertainty)  # {method: UncertaintyModel}
+        self._prior: dict | None = None  # the last basis frame's weights (temporal_prior)
+        self._edges: torch.Tensor | None = None
         self.aligner(cfg.method)  # load now: a bad checkpoint fails at start, not on the first frame
 
     def aligner(self, name: str):
@@ -158,6 +176,12 @@ class MetricDepthPipeline:
             al.residual_shrink = res.get("residual_shrink", 1.0)
         return al
 
+    @property
+    def has_prior(self) -> bool:
+        """A temporal prior is on and holds a previous frame's weights (a frame without a
+        usable cloud can still be aligned with them)."""
+        return bool(self.cfg.temporal_prior and self._prior is not None)
+
     def project(self, points: np.ndarray, K: np.ndarray, T_cam_lidar: np.ndarray,
                 size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
         """LiDAR -> pixel anchors ``(uv, z, reason)``; ``reason`` is non-empty when unusable."""
@@ -180,47 +204,134 @@ class MetricDepthPipeline:
         return mde[0].to(self.device), feats.to(self.device), time.perf_counter() - t1
 
     def align(self, mde: torch.Tensor, feats: torch.Tensor, uv: torch.Tensor, z: torch.Tensor,
-              method: str | None = None, timings: dict | None = None) -> FrameOutput:
-        """Run one aligner on a predicted frame, with the min_anchors policy."""
+              method: str | None = None, timings: dict | None = None, stamp: float | None = None) -> FrameOutput:
+        """Run one aligner on a predicted frame, with the min_anchors policy, the sanity gate,
+        the uncertainty and NaN policy and (``temporal_prior``) the previous frame's weights.
+
+        ``stamp`` (seconds) is the frame's time, for the prior's decay; None = no prior.
+        """
         cfg = self.cfg
         t = dict(timings or {})
-        n = len(z)
         method = method or cfg.method
+        self._edges = None  # the network depth's edge map, shared by the edge filter and the uncertainty
+        if cfg.edge_filter_ratio > 1 and len(z):
+            t0 = time.perf_counter()
+            self._edges = depth_spread(mde)
+            keep = edge_filter(uv, mde, ratio=cfg.edge_filter_ratio, spread=self._edges)
+            uv, z = uv[keep], z[keep]
+            t["edge_filter"] = time.perf_counter() - t0
+        n = len(z)
         fallback = ""
+        use_prior = method == "basis" and cfg.temporal_prior and stamp is not None
+        prior = self._prior if use_prior else None
+        if prior is not None and not (0 <= stamp - prior["stamp"] <= cfg.prior_max_age):
+            prior = self._prior = None  # too old, or the clock went back (bag loop)
         if n < cfg.min_anchors:
+            if prior is not None:
+                return self._from_prior(mde, feats, prior, n, t, stamp - prior["stamp"])
+            if n == 0:
+                return FrameOutput(None, None, 0, NO_ANCHORS, "no LiDAR anchor left in the image", float("nan"), t)
             if cfg.below_min_anchors == "skip":
                 return FrameOutput(None, None, n, "skip", f"{n} anchors < min_anchors {cfg.min_anchors}",
                                    float("nan"), t)
             method, fallback = "global-scale", "global"
-        res = self.aligner(method).fit(mde, uv.to(self.device), z.to(self.device), features=feats)
+        al = self.aligner(method)
+        if method == "basis":
+            al.prior_weights = prior["weights"] if prior is not None else None
+            al.prior_strength = cfg.prior_strength * float(np.exp(-(stamp - prior["stamp"]) / max(cfg.prior_decay, 1e-9))) \
+                if prior is not None else 0.0
+        res = al.fit(mde, uv.to(self.device), z.to(self.device), features=feats)
         for k in ("generator", "solve", "apply"):
             t[k] = res.timings.get(k, 0.0) + (res.timings.get("prepare", 0.0) if k == "solve" else 0.0)
         if res.fallback[0] == NO_ANCHORS:
             return FrameOutput(None, None, 0, NO_ANCHORS, "no usable anchor (all invalid)", float("nan"), t)
         if res.fallback[0] and not fallback:
             fallback = res.fallback[0]
-        depth = res.depth.float().cpu().numpy()
-        scale = res.scale.float().cpu().numpy()
-        if cfg.max_depth > 0:
-            depth = np.where(depth > cfg.max_depth, np.inf, depth).astype(np.float32)
         lam = res.extras.get("lambda")
         uvn, zn = uv.cpu().numpy(), z.cpu().numpy()
         uvl = uv.long().to(mde.device)
         mde_at = mde[uvl[:, 1], uvl[:, 0]].float().cpu().numpy()
+        depth_t = res.depth
+        depth = depth_t.float().cpu().numpy()
+        scale = res.scale.float().cpu().numpy()
         gate = check_alignment(depth, scale, mde_at, uvn, zn, cfg) if cfg.gate else ""
         if gate and cfg.gate_policy == "skip":
             return FrameOutput(None, None, int(res.anchors_used[0]), "skip", f"{GATE_MESSAGE} ({gate})",
                                float(res.residual[0]), t, gate=gate)
+        t0 = time.perf_counter()
+        unc_method = "global-scale" if fallback else method
+        sigma_t = self._sigma(unc_method, res, mde, uv, z)
+        depth, sigma, share = self._finish(depth_t, sigma_t, z)
+        t["uncertainty"] = time.perf_counter() - t0
+        if use_prior and "solution" in res.extras and not fallback:
+            self._prior = {"weights": res.extras["weights"].detach(), "stamp": stamp, "solution": res.extras["solution"],
+                           "uv": uv, "z": z, "correction": res.extras.get("residual_field")}
         return FrameOutput(depth, scale, int(res.anchors_used[0]), fallback, "", float(res.residual[0]), t,
-                           uv.cpu().numpy(), z.cpu().numpy(), float(lam[0]) if lam is not None else float("nan"), gate)
+                           uvn, zn, float(lam[0]) if lam is not None else float("nan"), gate, sigma, share)
 
-    def process(self, rgb: np.ndarray, K: np.ndarray, points: np.ndarray, T_cam_lidar: np.ndarray) -> FrameOutput:
+    def _sigma(self, method: str, res, mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
+        key = "basis-res" if method == "basis" and self.cfg.residual else method
+        model = self.calibration.get(key)
+        if model is None:
+            return None
+        opts = tuned_options(self.tuned, "rings", method) if method != "basis" else {}
+        feats = uncertainty_features(method, res, mde, uv.to(mde.device), z.to(mde.device), options=opts,
+                                     needed=model.needed(), edges=self._edges)
+        depth = res.depth.unsqueeze(0) if res.depth.dim() == 2 else res.depth
+        return (depth * model.log_sigma(feats))[0]
+
+    def _finish(self, depth_t: torch.Tensor, sigma_t: torch.Tensor | None,
+                z: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """The NaN policy (no valid estimate) and max_depth (+inf, too far): REP 118."""
+        cfg = self.cfg
+        bad = nan_policy(depth_t, sigma_t, z.to(depth_t.device), None, cfg.max_relative_uncertainty,
+                         cfg.max_extrapolation)[0]
+        depth = torch.where(bad, torch.full_like(depth_t, float("nan")), depth_t).float().cpu().numpy()
+        sigma = None
+        if sigma_t is not None:
+            sigma = torch.where(bad | ~torch.isfinite(depth_t), torch.full_like(sigma_t, float("nan")),
+                                sigma_t).float().cpu().numpy()
+        if cfg.max_depth > 0:
+            far = depth > cfg.max_depth
+            depth = np.where(far, np.inf, depth).astype(np.float32)
+            if sigma is not None:
+                sigma = np.where(far, np.inf, sigma).astype(np.float32)
+        return depth, sigma, float(bad.float().mean())
+
+    def _from_prior(self, mde: torch.Tensor, feats: torch.Tensor, prior: dict, n: int, t: dict,
+                    age: float) -> FrameOutput:
+        """A frame without (enough) anchors: the previous frame's weights on this frame's maps.
+
+        Its sigma is the previous anchors' (where they were) grown in quadrature by
+        ``prior_sigma_growth`` per second of age: the scene has moved since.
+        """
+        al = self.aligner("basis")
+        t0 = time.perf_counter()
+        depth_t, maps = al.depth_from_weights(mde, feats, prior["weights"], prior.get("correction"))
+        t["generator"] = time.perf_counter() - t0
+        sigma_t = None
+        model = self.calibration.get("basis-res" if self.cfg.residual else "basis")
+        if model is not None:
+            from types import SimpleNamespace
+
+            res = SimpleNamespace(depth=depth_t, extras={"solution": prior["solution"],
+                                                         "basis": maps.E.to(depth_t.device).float()})
+            f = uncertainty_features("basis", res, mde, prior["uv"].to(mde.device), prior["z"].to(mde.device),
+                                     needed=model.needed(), edges=self._edges)
+            ls = (model.log_sigma(f).square() + (self.cfg.prior_sigma_growth * age) ** 2).sqrt()
+            sigma_t = (depth_t.unsqueeze(0) * ls)[0]
+        depth, sigma, share = self._finish(depth_t, sigma_t, prior["z"])
+        scale = (depth_t / mde).float().cpu().numpy()
+        return FrameOutput(depth, scale, n, "prior", "", float("nan"), t, sigma=sigma, invalid_share=share)
+
+    def process(self, rgb: np.ndarray, K: np.ndarray, points: np.ndarray, T_cam_lidar: np.ndarray,
+                stamp: float | None = None) -> FrameOutput:
         """Align one frame. Never raises on bad sensor data: a skipped frame says why."""
         t0 = time.perf_counter()
         uv, z, reason = self.project(points, K, T_cam_lidar, rgb.shape[:2])
         t = {"projection": time.perf_counter() - t0}
-        if reason:
+        if reason and not (self.has_prior and stamp is not None):
             fb = NO_ANCHORS if reason.startswith("no LiDAR") else "skip"
             return FrameOutput(None, None, 0, fb, reason, float("nan"), t)
         mde, feats, t["mde"] = self.predict(rgb)
-        return self.align(mde, feats, uv, z, timings=t)
+        return self.align(mde, feats, uv, z, timings=t, stamp=stamp)

@@ -42,11 +42,27 @@ from .ros import conversions as cv
 from .threads import add_threads_argument, set_threads
 
 
-def sparse_metrics(depth: np.ndarray, uv: np.ndarray, z: np.ndarray, max_depth: float) -> dict:
-    pred = depth[uv[:, 1].astype(int), uv[:, 0].astype(int)]
+def sparse_metrics(depth: np.ndarray, uv: np.ndarray, z: np.ndarray, max_depth: float,
+                   sigma: np.ndarray | None = None) -> dict:
+    """Scores against held-out LiDAR points (no dense ground truth); with ``sigma``, also the
+    share of points within +-1 / +-2 sigma (see :func:`uncertainty_scores`)."""
+    ui, vi = uv[:, 0].astype(int), uv[:, 1].astype(int)
+    pred = depth[vi, ui]
     keep = (z > 0.1) & (z < max_depth)
-    return depth_metrics(torch.from_numpy(pred[keep]), torch.from_numpy(z[keep]), torch.ones(int(keep.sum()),
-                                                                                           dtype=torch.bool))
+    ones = torch.ones(int(keep.sum()), dtype=torch.bool)
+    out = depth_metrics(torch.from_numpy(pred[keep]), torch.from_numpy(z[keep]), ones)
+    if sigma is not None:
+        out.update(uncertainty_scores(pred[keep], sigma[vi, ui][keep], z[keep], ones.numpy()))
+    return out
+
+
+def uncertainty_scores(depth: np.ndarray, sigma: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict:
+    """Within +-1 sigma / +-2 sigma and sharpness (mean sigma / depth) over ``mask``."""
+    from .core.uncertainty import calibration_metrics
+
+    cal = calibration_metrics(torch.from_numpy(np.asarray(depth, np.float32)), torch.from_numpy(np.asarray(sigma, np.float32)),
+                              torch.from_numpy(np.asarray(gt, np.float32)), torch.from_numpy(np.asarray(mask, bool)))
+    return {k: cal[k] for k in ("within_1sigma", "within_2sigma", "sharpness")}
 
 
 class ResultWriter:
@@ -77,11 +93,20 @@ class ResultWriter:
                           "frames": len(rows),
                           "median_latency_ms": float(np.median([r["latency_ms"] for r in rows])),
                           "mean_anchors": float(np.mean([r["anchors"] for r in rows]))}
+            for k in ("within_1sigma", "within_2sigma", "sharpness", "coverage"):
+                if any(k in r for r in rows):
+                    methods[m][k] = float(np.nanmean([r.get(k, np.nan) for r in rows]))
         doc = {"methods": methods, **info}
         (self.out / "summary.json").write_text(json.dumps(doc, indent=2))
-        lines = ["| method | AbsRel | δ1 | RMSE (m) | frames | median latency (ms) |", "|---|---|---|---|---|---|"]
+        lines = ["| method | AbsRel | δ1 | RMSE (m) | coverage | ±1σ | ±2σ | σ/depth | frames | median latency (ms) |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+
+        def f3(v, k):
+            return f"{v[k]:.3f}" if k in v else "-"
+
         for m, v in methods.items():
-            lines.append(f"| {m} | {v['abs_rel']:.3f} | {v['delta1']:.3f} | {v['rmse']:.2f} | {v['frames']} | "
+            lines.append(f"| {m} | {v['abs_rel']:.3f} | {v['delta1']:.3f} | {v['rmse']:.2f} | {f3(v, 'coverage')} | "
+                         f"{f3(v, 'within_1sigma')} | {f3(v, 'within_2sigma')} | {f3(v, 'sharpness')} | {v['frames']} | "
                          f"{v['median_latency_ms']:.1f} |")
         (self.out / "summary.md").write_text("\n".join(lines) + "\n")
         self._plot()
@@ -178,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = MetricDepthPipeline(pipeline_config({"method": methods[0], "mde_backend": args.mde,
                                                 "generator_checkpoint": args.checkpoint, "device": args.device,
                                                 "allow_mde_mismatch": args.allow_mde_mismatch,
-                                                "tuned_baselines": replay_tuned(args)}))
+                                                "tuned_baselines": replay_tuned(args),
+                                                "uncertainty_calibration": replay_uncertainty(args)}))
     writer = ResultWriter(Path(args.out))
     bagw = BagWriter(Path(args.write_bag)) if args.write_bag else None
     mode = "gt-topic" if frames.gt_topic else f"holdout {args.holdout:.0%} of LiDAR"
@@ -241,6 +267,14 @@ def replay_tuned(args) -> str:
     return "street" if args.max_depth > 20 else "indoor"
 
 
+def replay_uncertainty(args) -> str:
+    """The uncertainty calibration: --uncertainty, or by the evaluation range like the baselines."""
+    spec = getattr(args, "uncertainty", "auto")
+    if spec == "none":
+        return ""
+    return ("street" if args.max_depth > 20 else "indoor") if spec == "auto" else spec
+
+
 def evaluate_frame(pipe: MetricDepthPipeline, frames: BagFrames, fs: FrameSet, methods: list[str], args,
                    fallback_T) -> dict:
     """Align one synchronised frame with every method and score it."""
@@ -273,9 +307,12 @@ def evaluate_frame(pipe: MetricDepthPipeline, frames: BagFrames, fs: FrameSet, m
             continue
         if gt is not None:
             g = torch.from_numpy(np.nan_to_num(gt, nan=0.0))
-            metrics = depth_metrics(torch.from_numpy(res.depth), g, evaluation_mask(g, args.max_depth))
+            mask = evaluation_mask(g, args.max_depth)
+            metrics = depth_metrics(torch.from_numpy(res.depth), g, mask)
+            if res.sigma is not None:
+                metrics.update(uncertainty_scores(res.depth, res.sigma, g.numpy(), mask.numpy()))
         else:
-            metrics = sparse_metrics(res.depth, eval_uv, eval_z, args.max_depth)
+            metrics = sparse_metrics(res.depth, eval_uv, eval_z, args.max_depth, res.sigma)
         out[m] = (res, metrics, latency)
     return out
 
@@ -367,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tuned", default="auto", help="baseline options: auto (street when --max-depth > 20 m, else "
                    "indoor), street, indoor or a YAML written by `tune`")
     p.add_argument("--untuned", action="store_true", help="run the baselines with their default options")
+    p.add_argument("--uncertainty", default="auto", help="uncertainty calibration: auto (street when --max-depth "
+                   "> 20 m, else indoor), street, indoor, a YAML written by `calibrate`, or none")
     p.add_argument("--allow-mde-mismatch", action="store_true",
                    help="run a generator trained for another MDE (refused by default; logged when allowed)")
     p.add_argument("--device", default="auto")

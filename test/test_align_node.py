@@ -44,15 +44,17 @@ def test_metric_depth_over_dds_matches_ground_truth(harness):
         assert (d[finite] > 0).all() and (d[finite] <= 80.0).all()
         assert np.isnan(d).sum() == 0 or not finite.all()
         sky = f.labels == 0
-        # The MDE has no notion of sky; most sky pixels come out beyond max_depth (+inf),
-        # the ones near the horizon get the network's (wrong but finite) far depth.
-        assert np.isposinf(d[sky]).mean() > 0.7  # 0.74 with the LiDAR generator, 0.8 with the grid one
+        # The MDE has no notion of sky; most sky pixels come out extrapolated (NaN: no valid
+        # estimate) or beyond max_depth (+inf); those near the horizon get the network's
+        # (wrong but finite) far depth.
+        assert (~np.isfinite(d[sky])).mean() > 0.7
+        assert np.isnan(d[sky]).mean() > 0.5  # the NaN policy (max_extrapolation, max_relative_uncertainty)
         gt = torch.from_numpy(np.nan_to_num(f.depth))
         m = depth_metrics(torch.from_numpy(np.where(finite, d, np.nan)), gt, evaluation_mask(gt, 80.0))
         # The embedded MDE is ~0.21 AbsRel after global alignment; LiDAR-anchored basis
         # alignment reaches ~0.07. 0.15 fails if alignment or the extrinsic is broken.
         assert m["abs_rel"] < 0.15, m
-        assert m["coverage"] > 0.99
+        assert m["coverage"] > 0.95  # the NaN policy removes ~1-2 % of the evaluation mask (README)
     assert h.node.pipeline.cfg.max_depth == 80.0
     assert h.wait_for(lambda: len(h.info) >= 3 and len(h.scale) >= 3 and len(h.color) >= 3, 5.0)
     assert cv.stamp_ns(h.info[-1].header) == cv.stamp_ns(h.depth[-1].header)
@@ -66,6 +68,65 @@ def test_metric_depth_over_dds_matches_ground_truth(harness):
               "latency_apply_ms", "anchors", "log_residual", "frames_dropped", "fallback"):
         assert k in keys, keys
     assert int(keys["anchors"]) > 100 and keys["fallback"] == "none"
+    assert float(keys["median_relative_sigma"]) > 0
+
+
+def test_uncertainty_topic_over_dds_is_calibrated(harness):
+    """depth/metric/uncertainty: 32FC1 metres with the depth's header; +-2 sigma holds the truth."""
+    h = harness
+    f = FRAMES[1]
+    n = len(h.depth)
+    stamp = f.stamp_ns + 1_000_000_000  # newer than any frame sent before (older ones are stale)
+    assert _send_and_wait(h, f, n, stamp_ns=stamp)
+    assert h.wait_for(lambda: h.uncertainty and cv.stamp_ns(h.uncertainty[-1].header) == stamp, 5.0)
+    msg = h.uncertainty[-1]
+    assert msg.encoding == "32FC1" and msg.header.frame_id == h.depth[-1].header.frame_id
+    d, s = depth_array(h.depth[-1]), depth_array(msg)
+    fin = np.isfinite(d)
+    assert np.isfinite(s[fin]).all() and (s[fin] > 0).all()
+    assert np.array_equal(np.isposinf(s), np.isposinf(d))  # beyond max_depth: both +inf
+    gt = np.nan_to_num(f.depth)
+    m = evaluation_mask(torch.from_numpy(gt), 80.0).numpy() & fin
+    err = np.abs(d[m] - gt[m])
+    within2 = float((err <= 2 * s[m]).mean())
+    # calibrated on validation seeds: ~0.95 on held-out frames (README); 0.85 catches a broken sigma
+    assert within2 > 0.85, within2
+    assert float(np.median(s[m] / d[m])) < 0.3  # and it is not uselessly wide
+    h.node.set_parameters([Parameter("publish_uncertainty", value=False)])
+    k = len(h.uncertainty)
+    assert _send_and_wait(h, FRAMES[2], len(h.depth), stamp_ns=stamp + 100_000_000)
+    assert not h.wait_for(lambda: len(h.uncertainty) > k, 1.0)
+    h.node.set_parameters([Parameter("publish_uncertainty", value=True)])
+
+
+def test_temporal_prior_survives_dropped_clouds_over_dds(harness):
+    """With temporal_prior, a frame whose cloud is empty is aligned with the previous weights."""
+    h = harness
+    h.node.set_parameters([Parameter("temporal_prior", value=True)])
+    try:
+        base = 1_800_000_000_000_000_000
+        assert _send_and_wait(h, FRAMES[0], len(h.depth), stamp_ns=base)
+
+        def drop_cloud(msgs):
+            c = msgs["points"]
+            c.width, c.row_step, c.data = 0, 0, h.types.bytes_field(np.zeros(0, np.uint8))
+
+        n = len(h.depth)
+        h.publish(FRAMES[1], stamp_ns=base + 100_000_000, mutate=drop_cloud)
+        assert h.wait_for(lambda: len(h.depth) > n, 20.0), h.diag_messages()[-3:]
+        assert h.wait_for(lambda: any("fallback: prior" in m for m in h.diag_messages()[-3:]), 5.0), \
+            h.diag_messages()[-3:]
+        d = depth_array(h.depth[-1])
+        gt = np.nan_to_num(FRAMES[1].depth)
+        m = evaluation_mask(torch.from_numpy(gt), 80.0)
+        met = depth_metrics(torch.from_numpy(np.where(np.isfinite(d), d, np.nan)), torch.from_numpy(gt), m)
+        assert met["abs_rel"] < 0.25 and met["coverage"] > 0.95, met  # the previous weights on the new image
+    finally:
+        h.node.set_parameters([Parameter("temporal_prior", value=False)])
+    # without the prior the same frame is skipped
+    n = len(h.depth)
+    h.publish(FRAMES[2], stamp_ns=base + 300_000_000, mutate=drop_cloud)
+    assert not h.wait_for(lambda: len(h.depth) > n, 2.0)
 
 
 def _expect_skip(h, mutate, reason_part, **kw):

@@ -123,7 +123,15 @@ def test_evaluation_on_held_out_seeds_basis_beats_global_at_low(tmp_path):
         assert set(low[m]["low"]) >= {"abs_rel", "delta1", "rmse", "images"}
         assert "drop1" in low[m]
     assert 0 < res["spectral"]["median_eta1"] <= 1
-    assert (tmp_path / "ev" / "tables.md").read_text().count("| basis |") == 2
+    tables = (tmp_path / "ev" / "tables.md").read_text()
+    assert tables.count("| basis |") == 4  # two accuracy tables, and the uncertainty table's two regimes
+    for m in ("basis", "global", "lwlr"):  # the shipped calibration of each image's family
+        for r in ("low", "drop1"):
+            v = low[m][r]
+            assert 0.5 < v["within_2sigma"] <= 1 and 0 < v["within_1sigma"] < v["within_2sigma"], (m, r, v)
+            assert v["sharpness"] > 0 and v["ause"] >= -0.01
+    assert res["sparsification"]["basis"]["low"]["oracle"][0] == pytest.approx(low["basis"]["low"]["abs_rel"], rel=0.05)
+    assert (tmp_path / "ev" / "sparsification.png").is_file()
     assert (tmp_path / "ev" / "sample_00.png").is_file() and (tmp_path / "ev" / "metrics_vs_anchors.png").is_file()
     again = evaluate.main(["--data", "synthetic:both", "--seeds", "9000-9003", "--methods", "basis,global,lwlr",
                            "--regimes", "low,drop1", "--out", str(tmp_path / "ev2"), "--figures", "0", "--device", "cpu"])

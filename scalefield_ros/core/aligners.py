@@ -228,6 +228,8 @@ def log_scale_fit(mde_at: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor,
     most one rank: the node's fallback when too few anchors are in view.
     """
     lr = torch.log(depth.double().clamp_min(1e-12)) - torch.log(mde_at.double().clamp_min(1e-12))
+    if lr.shape[1] == 0:
+        return torch.full(lr.shape[:1], float("nan"), dtype=mde_at.dtype, device=mde_at.device)
     if robust:
         v = torch.nanmedian(torch.where(mask, lr, torch.full_like(lr, float("nan"))), dim=1).values
     else:
@@ -644,6 +646,32 @@ class BasisAligner(Aligner):
         self.ridge = ridge  # validated by the settings property below
         self.settings
         self.min_anchors = 1
+        # Temporal prior (set per frame by the pipeline): ridge toward these (B, K) weights
+        # with this strength instead of toward 0; None = the paper's solve.
+        self.prior_weights: torch.Tensor | None = None
+        self.prior_strength: float = 0.0
+
+    def maps(self, mde: torch.Tensor, features: torch.Tensor | None) -> BasisMaps:
+        """The generator's basis maps for ``(B, H, W)`` depth (no gradient)."""
+        gen = self.generator
+        dev = next(gen.parameters()).device
+        with torch.no_grad():
+            return gen(mde.to(dev), features.to(dev) if features is not None else None)
+
+    def depth_from_weights(self, mde: torch.Tensor, features: torch.Tensor | None, weights: torch.Tensor,
+                           correction: torch.Tensor | None = None) -> tuple[torch.Tensor, BasisMaps]:
+        """Metric depth of a frame from given weights and this frame's maps (eq 16), e.g. the
+        previous frame's weights when this frame has no anchors, plus an optional log-scale
+        ``correction`` (B, H, W) (the previous residual field); returns ``(depth, maps)``."""
+        single = mde.dim() == 2
+        m = (mde.unsqueeze(0) if single else mde).float()
+        maps = self.maps(m, features)
+        E = maps.E.to(m.device).float()
+        field_ = ScaleField.from_basis(E, weights.to(m.device), tuple(m.shape[-2:]))
+        if correction is not None and correction.shape == field_.log_scale.shape:
+            field_ = ScaleField(field_.log_scale + correction.to(m.device))
+        depth = field_.apply(m)
+        return (depth[0] if single else depth), maps
 
     @property
     def settings(self) -> RidgeSettings:
@@ -654,17 +682,17 @@ class BasisAligner(Aligner):
     def _fit(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
         maps = ctx.maps
         if maps is None:
-            gen = self.generator
-            dev = next(gen.parameters()).device
-            feats = ctx.features.to(dev) if ctx.features is not None else None
-            with torch.no_grad():
-                maps = gen(ctx.mde.to(dev), feats)
+            maps = self.maps(ctx.mde, ctx.features)
             ctx.watch.lap("generator")
         E = maps.E.to(ctx.mde.device).float()
         design = sample_maps(E, ctx.anchors.uv, ctx.size)
         y = log_targets(ctx.anchors.depth, ctx.mde_at, ctx.mask)
         n_indep = independent_anchor_count(ctx.anchors.uv, ctx.mask, ctx.size) if self.ridge == "gcv" else None
-        sol = solve_weights(design, y, ctx.mask, self.settings, n_indep=n_indep)
+        st, prior = self.settings, None
+        if self.prior_weights is not None and self.prior_strength > 0:
+            prior = self.prior_weights.to(design.device).reshape(design.shape[0], -1)
+            st.prior_strength = float(self.prior_strength)
+        sol = solve_weights(design, y, ctx.mask, st, prior=prior, n_indep=n_indep)
         wts = sol.weights
         ctx.extras.update(weights=wts, design=design, target=y, gates=maps.G, solution=sol,
                           anchor_weights=sol.anchor_weights, dof=sol.dof, sigma2=sol.sigma2)
@@ -672,7 +700,9 @@ class BasisAligner(Aligner):
         ctx.extras["basis"] = E
         field_ = ScaleField.from_basis(E, wts, ctx.size)
         if self.residual_bandwidth > 0:
-            field_ = ScaleField(field_.log_scale + self._residual_field(ctx, design, y, wts, sol.anchor_weights))
+            corr = self._residual_field(ctx, design, y, wts, sol.anchor_weights)
+            ctx.extras["residual_field"] = corr
+            field_ = ScaleField(field_.log_scale + corr)
         ctx.watch.lap("solve")
         return field_.apply(ctx.mde), torch.ones(E.shape[0], dtype=torch.bool, device=E.device)
 

@@ -48,6 +48,7 @@ class LoopbackRig:
         self.info: list = []
         self.scale: list = []
         self.color: list = []
+        self.uncertainty: list = []
         self.diag: list = []
         self.received_at: list[float] = []
 
@@ -59,6 +60,7 @@ class LoopbackRig:
         self.io.create_subscription(CameraInfo, "depth/metric/camera_info", self.info.append, 10)
         self.io.create_subscription(Image, "depth/scale_field", self.scale.append, 10)
         self.io.create_subscription(Image, "depth/scale_field/color", self.color.append, 10)
+        self.io.create_subscription(Image, "depth/metric/uncertainty", self.uncertainty.append, 10)
         self.io.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 50)
         self.types = cv.rclpy_types()
         self.executor = MultiThreadedExecutor(num_threads=3, context=self.ctx)
