@@ -55,7 +55,7 @@ setup(
         ],
         "test": ["pytest>=7", "catkin_pkg>=1.0", "colcon-common-extensions>=0.3", "ruff>=0.4"],
         "mde": ["transformers>=4.45"],
-        "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
+        "onnx": ["onnxruntime>=1.17", "onnx>=1.15", "onnxscript>=0.5"],  # onnxscript: torch.onnx.export (generator)
     },
     zip_safe=True,
     maintainer="scalefield_ros maintainers",

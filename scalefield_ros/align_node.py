@@ -12,13 +12,14 @@ takes only the newest frame and counts the ones it skipped; no backlog builds up
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Any
+import time
 
 import numpy as np
 
 from .core.transforms import matrix_quaternion, quaternion_matrix  # noqa: F401 (re-exported)
-from .pipeline import BELOW_MIN, GATE_MESSAGE, GATE_POLICIES, PIPELINE_METHODS, MetricDepthPipeline, PipelineConfig
+from .node_params import (NODE_RUNTIME, PARAM_DEFAULTS, PARAM_RANGES, PARAMS, RUNTIME_CONFIG,  # noqa: F401 (re-exported)
+                          Param, apply_changes, check_changes, coerce_param, pipeline_config, validate_param)
+from .pipeline import GATE_MESSAGE, MetricDepthPipeline
 from .ros import conversions as cv
 
 try:  # present on any ROS 2 robot, not installable on these CI machines
@@ -30,156 +31,6 @@ NODE_NAME = "scalefield_align"
 #: An image older than the last one taken by at most this much is out of order and skipped;
 #: a larger jump back is a bag loop or clock reset and restarts the stream.
 STALE_WINDOW_NS = 5_000_000_000
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    default: Any
-    description: str
-    dynamic: bool = False  # may change at run time (ros2 param set)
-
-
-PARAMS: tuple[Param, ...] = (
-    Param("method", "basis", f"aligner: one of {', '.join(PIPELINE_METHODS)}", True),
-    Param("device", "auto", "torch device: auto (CUDA when available), cpu, cuda, cuda:1"),
-    Param("torch_threads", 0, "torch CPU threads; 0 = automatic, max(1, min(4, cores // 2))"),
-    Param("mde_backend", "embedded", "MDE backend: embedded, embedded:PATH or package.module:Class"),
-    Param("generator_checkpoint", "", "basis generator checkpoint (.safetensors with .json); empty = shipped"),
-    Param("generator_regime", "lidar", "which shipped generator when no checkpoint: lidar (K=30, trained for LiDAR "
-          "scan lines, 4-128 rings), medium (K=30, grid anchors) or low (K=8, 10-15 anchors)"),
-    Param("allow_mde_mismatch", False, "run a generator checkpoint trained for another MDE than mde_backend "
-          "(refused by default; logged when allowed)"),
-    Param("tuned_baselines", "street", "options of the baseline methods: street or indoor (the shipped tuned "
-          "files), a YAML written by `python -m scalefield_ros.tune`, or empty for their defaults"),
-    Param("robust_anchors", "tukey", "basis: outlier-robust weight solve, none, huber or tukey (iteratively "
-          "reweighted in log space; one reweighting)", True),
-    Param("residual_correction", True, "basis: add the local correction of the scale field from the anchors' "
-          "residuals (our extension; options from tuned_baselines' rings entry); false = the paper's field", True),
-    Param("ridge_policy", "gcv", "basis weight solve: gcv (lambda chosen per frame by generalised "
-          "cross-validation, reported in diagnostics) or fixed (ridge_lambda, the paper's eq 14)", True),
-    Param("ridge_lambda", 0.001, "fixed ridge lambda of the basis weight solve (eq 14) when ridge_policy is "
-          "fixed, 0 < lambda <= 100", True),
-    Param("min_anchors", 3, "fewer projected anchors than this -> below_min_anchors policy, >= 1", True),
-    Param("below_min_anchors", "global", "policy under min_anchors: global (scale fit) or skip", True),
-    Param("gate_policy", "skip", "a frame failing the sanity gate (anchors disagree with the network): skip "
-          "(never published) or publish (published, diagnostics ERROR)", True),
-    Param("min_rank_correlation", 0.5, "sanity gate: a frame fails when the Spearman correlation of anchor depth "
-          "with network depth is below this (-1..1) and the scale spread exceeds max_log_ratio_spread", True),
-    Param("max_log_ratio_spread", 0.5, "sanity gate: interquartile range of log(anchor / network depth) above "
-          "which a low rank correlation fails the frame, > 0", True),
-    Param("max_anchor_residual", 0.35, "sanity gate: largest median |log(depth / anchor)| after the fit, > 0", True),
-    Param("max_scale_ratio", 100.0, "sanity gate: largest p99/p1 spread of the fitted scale field, > 1", True),
-    Param("max_depth", 0.0, "depths beyond this (m) are published as +inf (REP 118); 0 = no limit", True),
-    Param("edge_filter_ratio", 1.3, "drop LiDAR anchors on depth edges of the network's depth (mixed pixels, "
-          "extrinsic and sync errors): where its 7x7 max/min exceeds this; <= 1 = keep all", True),
-    Param("publish_uncertainty", True, "publish depth/metric/uncertainty (32FC1, one standard deviation of depth "
-          "in metres)", True),
-    Param("uncertainty_calibration", "street", "calibration of the uncertainty: street or indoor (shipped, fitted "
-          "on validation scenes), a YAML written by `python -m scalefield_ros.calibrate`, or empty for none"),
-    Param("max_relative_uncertainty", 0.4, "pixels whose sigma / depth exceeds this are published as NaN (no "
-          "valid estimate, REP 118); needs the uncertainty calibration; 0 = off", True),
-    Param("max_extrapolation", 1.1, "depths beyond this factor of the farthest anchor in view are published as "
-          "NaN (no valid estimate, REP 118); 0 = off", True),
-    Param("temporal_prior", False, "basis: ridge toward the previous frame's weights instead of 0; a frame with "
-          "too few anchors reuses them (diagnostics: fallback prior)", True),
-    Param("prior_strength", 0.1, "temporal prior strength rho (added to lambda toward the previous weights), >= 0",
-          True),
-    Param("prior_decay", 1.0, "seconds: the prior's strength decays as exp(-age / prior_decay), > 0", True),
-    Param("prior_max_age", 2.0, "seconds: an older prior is dropped (the below_min_anchors policy applies)", True),
-    Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),
-    Param("qos_reliability", "best_effort", "subscriber QoS: best_effort (sensor data) or reliable"),
-    Param("qos_depth", 5, "subscriber queue depth"),
-    Param("sync_slop", 0.05, "max stamp difference (s) between image, camera info and cloud"),
-    Param("sync_queue_size", 10, "messages kept per stream while synchronising"),
-    Param("use_tf", False, "LiDAR->camera extrinsic from TF2 at the image stamp (when tf2_ros imports)"),
-    Param("extrinsic_translation", [0.0, 0.0, 0.0],
-          "LiDAR->camera optical frame translation t (m): p_cam = R p_lidar + t"),
-    Param("extrinsic_rotation", [0.5, -0.5, 0.5, 0.5],
-          "LiDAR->camera optical frame rotation R as quaternion x, y, z, w (default: x fwd/z up -> optical)"),
-    Param("occlusion_kernel", 5, "pixels of the LiDAR occlusion filter window; 0 = off"),
-    Param("publish_color", True, "also publish depth/scale_field/color (bgr8) for rviz"),
-)
-PARAM_DEFAULTS = {p.name: p.default for p in PARAMS}
-#: Numeric ranges, declared in the parameter descriptors (what `ros2 param describe` shows)
-#: and checked by validate_param.
-PARAM_RANGES: dict[str, tuple[float, float]] = {
-    "torch_threads": (0, 256), "ridge_lambda": (1e-12, 100.0), "min_anchors": (1, 1_000_000),
-    "min_rank_correlation": (-1.0, 1.0), "max_log_ratio_spread": (1e-6, 100.0), "max_anchor_residual": (1e-6, 100.0),
-    "max_scale_ratio": (1.000001, 1e12), "max_depth": (0.0, 1e6), "qos_depth": (1, 10_000), "sync_slop": (0.0, 10.0),
-    "sync_queue_size": (1, 10_000), "occlusion_kernel": (0, 63), "edge_filter_ratio": (0.0, 100.0),
-    "max_relative_uncertainty": (0.0, 1e6), "max_extrapolation": (0.0, 1e6), "prior_strength": (0.0, 1e6),
-    "prior_decay": (1e-3, 1e6), "prior_max_age": (0.0, 1e6),
-}
-#: Run-time parameters that are PipelineConfig fields of the same name.
-RUNTIME_CONFIG = ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread", "max_anchor_residual",
-                  "max_scale_ratio", "edge_filter_ratio", "max_relative_uncertainty", "max_extrapolation",
-                  "temporal_prior", "prior_strength", "prior_decay", "prior_max_age")
-
-
-def coerce_param(name: str, value: Any) -> Any:
-    """An integer where a double is meant (``max_depth: 80`` in a YAML, ``ros2 param set ... 80``) is that double."""
-    if isinstance(PARAM_DEFAULTS.get(name), float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
-    """The pipeline settings a set of node parameters means (missing ones take the node's defaults).
-
-    Replay builds its pipeline through this too, so offline numbers are the node's numbers.
-    """
-    v = {**PARAM_DEFAULTS, **params}
-    return PipelineConfig(
-        method=v["method"], mde=v["mde_backend"], checkpoint=v["generator_checkpoint"],
-        generator_regime=v["generator_regime"],
-        ridge="gcv" if v["ridge_policy"] == "gcv" else v["ridge_lambda"], robust=v["robust_anchors"],
-        residual=v["residual_correction"], min_anchors=v["min_anchors"], below_min_anchors=v["below_min_anchors"],
-        occlusion_kernel=v["occlusion_kernel"], device=v["device"], allow_mde_mismatch=v["allow_mde_mismatch"],
-        tuned=v["tuned_baselines"], uncertainty=v["uncertainty_calibration"],
-        **{k: v[k] for k in RUNTIME_CONFIG})
-
-
-def validate_param(name: str, value: Any) -> str | None:
-    """None when ``value`` is acceptable for ``name``, else the reason."""
-    default = PARAM_DEFAULTS.get(name)
-    if isinstance(default, float) and (not isinstance(value, float) or value != value):
-        return f"{name} must be a number, got {value!r}"
-    if isinstance(default, bool) and not isinstance(value, bool):
-        return f"{name} must be true or false, got {value!r}"
-    if name == "method" and value not in PIPELINE_METHODS:
-        return f"method must be one of {PIPELINE_METHODS}, got {value!r}"
-    if name == "ridge_lambda" and not (isinstance(value, float) and 0 < value <= 100):
-        return f"ridge_lambda must be a float in (0, 100], got {value!r}"
-    if name == "robust_anchors" and value not in ("none", "huber", "tukey"):
-        return f"robust_anchors must be none, huber or tukey, got {value!r}"
-    if name == "ridge_policy" and value not in ("gcv", "fixed"):
-        return f"ridge_policy must be gcv or fixed, got {value!r}"
-    if name == "gate_policy" and value not in GATE_POLICIES:
-        return f"gate_policy must be one of {GATE_POLICIES}, got {value!r}"
-    if name == "min_rank_correlation" and not (isinstance(value, float) and -1 <= value <= 1):
-        return f"min_rank_correlation must be a float in [-1, 1], got {value!r}"
-    if name in ("max_log_ratio_spread", "max_anchor_residual") and not (isinstance(value, float) and value > 0):
-        return f"{name} must be a float > 0, got {value!r}"
-    if name == "max_scale_ratio" and not (isinstance(value, float) and value > 1):
-        return f"max_scale_ratio must be a float > 1, got {value!r}"
-    if name in PARAM_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
-        lo, hi = PARAM_RANGES[name]
-        if not lo <= value <= hi:
-            return f"{name} must be within [{lo:g}, {hi:g}], got {value!r}"
-    if name == "torch_threads" and not (isinstance(value, int) and value >= 0):
-        return f"torch_threads must be an integer >= 0 (0 = automatic), got {value!r}"
-    if name == "min_anchors" and not (isinstance(value, int) and value >= 1):
-        return f"min_anchors must be an integer >= 1, got {value!r}"
-    if name == "max_depth" and not (isinstance(value, float) and value >= 0):
-        return f"max_depth must be a float >= 0, got {value!r}"
-    if name == "below_min_anchors" and value not in BELOW_MIN:
-        return f"below_min_anchors must be one of {BELOW_MIN}, got {value!r}"
-    if name == "image_transport" and value not in ("raw", "compressed"):
-        return f"image_transport must be raw or compressed, got {value!r}"
-    if name == "qos_reliability" and value not in ("best_effort", "reliable"):
-        return f"qos_reliability must be best_effort or reliable, got {value!r}"
-    return None
 
 
 def build_node(node_cls, **node_kwargs):
@@ -280,41 +131,15 @@ def build_node(node_cls, **node_kwargs):
 
         # -- parameters ---------------------------------------------------------------
         def _on_params(self, params) -> SetParametersResult:
-            dyn = {p.name for p in PARAMS if p.dynamic}
-            value = {p.name: coerce_param(p.name, p.value) for p in params}
-            for p in params:
-                if p.name not in dyn and p.name in PARAM_DEFAULTS:
-                    return SetParametersResult(successful=False, reason=f"{p.name} is read at start; restart the node")
-                err = validate_param(p.name, value[p.name])
-                if err:
-                    return SetParametersResult(successful=False, reason=err)
-            cfg = self.pipeline.cfg
-            for p in params:
-                if p.name == "method":
-                    try:
-                        self.pipeline.aligner(value[p.name])
-                    except Exception as exc:  # e.g. a missing checkpoint: refuse, keep the old method
-                        return SetParametersResult(successful=False, reason=f"cannot switch to {value[p.name]}: {exc}")
-                    cfg.method = value[p.name]
-                elif p.name == "ridge_lambda":
-                    if cfg.ridge != "gcv":
-                        cfg.ridge = value[p.name]
-                    self._ridge_lambda = value[p.name]
-                elif p.name == "ridge_policy":
-                    cfg.ridge = "gcv" if value[p.name] == "gcv" else getattr(
-                        self, "_ridge_lambda", coerce_param("ridge_lambda", self.get_parameter("ridge_lambda").value))
-                elif p.name == "min_anchors":
-                    cfg.min_anchors = value[p.name]
-                elif p.name == "below_min_anchors":
-                    cfg.below_min_anchors = value[p.name]
-                elif p.name == "robust_anchors":
-                    cfg.robust = value[p.name]
-                elif p.name == "residual_correction":
-                    cfg.residual = value[p.name]
-                elif p.name in RUNTIME_CONFIG:
-                    setattr(cfg, p.name, value[p.name])
-                elif p.name == "publish_uncertainty":
-                    self.publish_uncertainty = value[p.name]
+            changes = {p.name: coerce_param(p.name, p.value) for p in params}
+            err = check_changes(changes)
+            if err is None:
+                current = {p.name: coerce_param(p.name, self.get_parameter(p.name).value) for p in PARAMS}
+                err = apply_changes(self.pipeline, changes, current)
+            if err:
+                return SetParametersResult(successful=False, reason=err)
+            if "publish_uncertainty" in changes:
+                self.publish_uncertainty = changes["publish_uncertainty"]
             return SetParametersResult(successful=True)
 
         # -- input ----------------------------------------------------------------------
@@ -386,6 +211,7 @@ def build_node(node_cls, **node_kwargs):
             self._diagnose(header, None, reason, error)
 
         def _process(self, img, info, cloud) -> None:
+            t_start = time.perf_counter()
             try:
                 frame = cv.decode_frame(img, info, cloud, self.compressed)
             except cv.ConversionError as exc:
@@ -413,6 +239,10 @@ def build_node(node_cls, **node_kwargs):
             if out.fallback:
                 self.get_logger().warning(f"fallback in force: {out.fallback} ({out.anchors} anchors)",
                                        throttle_duration_sec=5.0)
+            # everything around the stages: decoding, conversions, publishing, colour map
+            total = time.perf_counter() - t_start
+            out.timings["total"] = total
+            out.timings["overhead"] = max(0.0, total - sum(v for k, v in out.timings.items() if k != "total"))
             self._diagnose(img.header, out, "")
 
         def _diagnose(self, header, out, reason: str, error: bool = False) -> None:

@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> dict:
     spread: dict = {a: {} for a in aligners}
     mem: dict = {a: {} for a in aligners}
     stages: dict = {}
+    onnx_gen = onnx_generator(aligners["basis-k30"].generator)
     for n, (w, h) in points:
         key = f"n{n}_{w}x{h}"
         sc = scenes[(w, h)]
@@ -174,9 +175,13 @@ def run(args: argparse.Namespace) -> dict:
             st[f"apply_k{k}"] = 1000 * float(np.median([t.get("apply", 0) for t in times]))
             if k == 30:
                 st["uncertainty_k30"] = uncertainty_cost(res, sc.mde, uv, z, device, warm, reps)
+                if onnx_gen is not None:
+                    st["generator_k30_onnx"] = timeit(lambda: onnx_gen(sc.mde.unsqueeze(0), sc.feats), device, warm,
+                                                      reps)[0]
             del res
         stages[key] = st
     solver = solver_cost(device, warm, max(reps, 5))
+    proj = projection_cost(scenes[RESOLUTIONS[0]].frame, device, warm, reps)
     ratio = {a: {k: v / lat["global"][k] for k, v in d.items()} for a, d in lat.items()}
     growth = {}
     for a, d in lat.items():
@@ -187,7 +192,8 @@ def run(args: argparse.Namespace) -> dict:
     return {"machine": machine(), "device": str(device), "mde": backend.name, "quick": bool(args.quick),
             "repeats": reps, "warmup": warm,
             "latency_ms": lat, "ratio_to_global": ratio, "spread_ms": spread, "stages_ms": stages,
-            "peak_mem_mb": mem, "growth": growth, "solver_ms": solver}
+            "peak_mem_mb": mem, "growth": growth, "solver_ms": solver, "projection_ms": proj,
+            "ratios": stage_ratios(stages, proj)}
 
 
 def write_report(out: Path, doc: dict) -> None:
@@ -205,6 +211,14 @@ def write_report(out: Path, doc: dict) -> None:
     lines += ["| point | " + " | ".join(skeys) + " |", "|---" * (len(skeys) + 1) + "|"]
     for k, st in doc["stages_ms"].items():
         lines.append(f"| {k} | " + " | ".join(f"{st[s]:.1f}" for s in skeys) + " |")
+    if "projection_ms" in doc:
+        pm = doc["projection_ms"]
+        lines += ["", "### LiDAR projection with the occlusion filter (ms, 640x192)", "",
+                  "| points | " + " | ".join(pm) + " |", "|---" * (len(pm) + 1) + "|",
+                  "| ms | " + " | ".join(f"{v:.1f}" for v in pm.values()) + " |"]
+    if "ratios" in doc:
+        lines += ["", "### Ratios measured in this run", "", "| ratio | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in doc["ratios"].items()]
     if "solver_ms" in doc:
         sv = doc["solver_ms"]
         lines += ["", "### Weight solve alone (ms): lambda policy x K x anchors N", "",
@@ -240,16 +254,64 @@ FEATURE_SIZES = [("56x80", 32, 56, 80, 112, 160), ("112x160", 32, 112, 160, 224,
                  ("224x320", 32, 224, 320, 448, 640), ("vit37x37x384", 384, 37, 37, 518, 518)]
 
 
+PROJECTION_POINTS = [10_000, 100_000, 500_000, 2_000_000]
+
+
+def projection_cost(frame, device: torch.device, warm: int, reps: int) -> dict:
+    """LiDAR projection with the occlusion filter (ms) for clouds of 10k-2M points at 640x192:
+    the frame's scan repeated with 2 cm jitter (the same geometry, denser)."""
+    h, w = frame.rgb.shape[:2]
+    base = torch.from_numpy(frame.points)
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    T = torch.from_numpy(frame.T_cam_lidar).to(device)
+    K = torch.from_numpy(frame.K).to(device)
+    for n in PROJECTION_POINTS:
+        reps_needed = -(-n // len(base))
+        pts = torch.cat([base + 0.02 * torch.randn(base.shape, generator=g) for _ in range(reps_needed)])[:n].to(device)
+        out[str(n)] = timeit(lambda: project_points(pts, T, K, (h, w)), device, warm, reps)[0]
+    return out
+
+
+def stage_ratios(stages: dict, proj: dict) -> dict:
+    """The camera-rate targets as ratios measured in this run (README: Performance)."""
+    st = stages[f"n500_{RESOLUTIONS[0][0]}x{RESOLUTIONS[0][1]}"]
+    out = {"projection_100k_over_mde": proj["100000"] / st["mde"],
+           "uncertainty_over_generator_solve_apply": st["uncertainty_k30"] / (
+               st["generator_k30"] + st["solve_k30"] + st["apply_k30"])}
+    if "generator_k30_onnx" in st:
+        out["generator_onnx_over_torch"] = st["generator_k30_onnx"] / st["generator_k30"]
+    return out
+
+
+def onnx_generator(gen):
+    """The K=30 generator exported to ONNX in a temporary folder and loaded in ONNX Runtime
+    (None without onnxruntime/onnxscript): its time is reported beside torch's."""
+    import tempfile
+
+    try:
+        from .export import OnnxGenerator, export_generator
+
+        path = export_generator(gen, Path(tempfile.mkdtemp(prefix="scalefield_bench_")) / "generator.onnx")
+        return OnnxGenerator(path, gen.config, providers=None, threads=torch.get_num_threads())
+    except ImportError as exc:
+        print(f"ONNX generator not measured: {exc}")
+        return None
+
+
 def uncertainty_cost(res, mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor, device: torch.device, warm: int,
                      reps: int) -> float:
     """Per-pixel sigma of a basis fit with the shipped street calibration of the node's method (ms)."""
     from .core.uncertainty import uncertainty_features
     from .tuned import load_uncertainty
 
+    from .core.anchors import depth_spread
+
     model = load_uncertainty("street")["basis-res"]
+    edges = depth_spread(mde)  # the node computes it once, for the anchor edge filter
 
     def run():
-        f = uncertainty_features("basis", res, mde, uv, z, needed=model.needed())
+        f = uncertainty_features("basis", res, mde, uv, z, needed=model.needed(), coarse=True, edges=edges)
         return res.depth * model.log_sigma(f)
 
     return timeit(run, device, warm, reps)[0]

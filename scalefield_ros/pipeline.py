@@ -23,6 +23,7 @@ from .tuned import load_tuned, load_uncertainty, tuned_options
 PIPELINE_METHODS = ("basis", "global", "global-scale", "piecewise", "lwlr", "grid", "grid-smooth")
 BELOW_MIN = ("global", "skip")
 GATE_POLICIES = ("skip", "publish")
+GENERATOR_BACKENDS = ("torch", "onnx")
 #: What diagnostics say when a fit fails the sanity gate.
 GATE_MESSAGE = "anchors disagree with the depth network: check the extrinsic, the time sync and the cloud fields"
 
@@ -33,6 +34,7 @@ class PipelineConfig:
     mde: str = "embedded"
     checkpoint: str = ""  # generator checkpoint; "" = the shipped one for `generator_regime`
     generator_regime: str = "lidar"  # the node's anchors are LiDAR scan lines: the K=30 ring-pattern model
+    generator_backend: str = "torch"  # or "onnx": the generator's network in ONNX Runtime (scalefield_ros.export)
     ridge: float | str = "gcv"  # "gcv" (per frame) or a fixed lambda (the paper: 1e-3)
     robust: str = "tukey"  # basis anchors: none, huber or tukey (one reweighting, core/solver.py; README)
     residual: bool = True  # basis: local residual correction with the tuned rings options (README)
@@ -62,7 +64,7 @@ class PipelineConfig:
     prior_strength: float = 0.1  # rho added to lambda toward w_{t-1} (chosen on validation sequences, README)
     prior_decay: float = 1.0  # seconds: the strength decays as exp(-age / prior_decay)
     prior_max_age: float = 2.0  # seconds: an older prior is dropped (a frame without anchors falls back)
-    prior_sigma_growth: float = 0.0  # log-sigma added (in quadrature) per second of the prior's age
+    prior_sigma_growth: float = 0.5  # log-sigma added (in quadrature) per second of the prior's age (validation)
 
 
 @dataclass
@@ -140,6 +142,8 @@ class MetricDepthPipeline:
         validate_method(cfg.method)
         if cfg.gate_policy not in GATE_POLICIES:
             raise ValueError(f"gate_policy must be one of {GATE_POLICIES}, got {cfg.gate_policy!r}")
+        if cfg.generator_backend not in GENERATOR_BACKENDS:
+            raise ValueError(f"generator_backend must be one of {GENERATOR_BACKENDS}, got {cfg.generator_backend!r}")
         if cfg.below_min_anchors not in BELOW_MIN:
             raise ValueError(f"below_min_anchors must be one of {BELOW_MIN}, got {cfg.below_min_anchors!r}")
         self.device = resolve_device(cfg.device)
@@ -159,6 +163,11 @@ class MetricDepthPipeline:
 
                 ckpt = self.cfg.checkpoint or default_checkpoint(self.cfg.generator_regime)
                 opts = {"checkpoint": ckpt, "device": self.device, "ridge": self.cfg.ridge, "robust": self.cfg.robust}
+                if self.cfg.generator_backend == "onnx":
+                    from .export import load_onnx_generator
+
+                    opts = {"generator": load_onnx_generator(ckpt, torch.get_num_threads()), "ridge": self.cfg.ridge,
+                            "robust": self.cfg.robust}
             else:  # baselines run as tuned on LiDAR ring patterns (config tuned_baselines)
                 opts = tuned_options(self.tuned, "rings", name)
             al = make(name, **opts)
@@ -276,7 +285,7 @@ class MetricDepthPipeline:
             return None
         opts = tuned_options(self.tuned, "rings", method) if method != "basis" else {}
         feats = uncertainty_features(method, res, mde, uv.to(mde.device), z.to(mde.device), options=opts,
-                                     needed=model.needed(), edges=self._edges)
+                                     needed=model.needed(), edges=self._edges, coarse=True)
         depth = res.depth.unsqueeze(0) if res.depth.dim() == 2 else res.depth
         return (depth * model.log_sigma(feats))[0]
 
@@ -317,7 +326,7 @@ class MetricDepthPipeline:
             res = SimpleNamespace(depth=depth_t, extras={"solution": prior["solution"],
                                                          "basis": maps.E.to(depth_t.device).float()})
             f = uncertainty_features("basis", res, mde, prior["uv"].to(mde.device), prior["z"].to(mde.device),
-                                     needed=model.needed(), edges=self._edges)
+                                     needed=model.needed(), edges=self._edges, coarse=True)
             ls = (model.log_sigma(f).square() + (self.cfg.prior_sigma_growth * age) ** 2).sqrt()
             sigma_t = (depth_t.unsqueeze(0) * ls)[0]
         depth, sigma, share = self._finish(depth_t, sigma_t, prior["z"])

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align_node import PARAM_DEFAULTS, pipeline_config
+from .node_params import PARAM_DEFAULTS, pipeline_config
 from .core.metrics import depth_metrics, evaluation_mask
 from .core.transforms import quaternion_matrix
 from .pipeline import PIPELINE_METHODS, MetricDepthPipeline

@@ -96,7 +96,8 @@ def run(world: str, seeds: list[int], frames: int, drops: list[float], strengths
                         ok = mask & np.isfinite(out.depth) & np.isfinite(out.sigma)
                         w2 = float((np.abs(out.depth[ok] - gt[ok]) <= 2 * out.sigma[ok]).mean()) if ok.any() else np.nan
                         a["w2_prior" if out.fallback == "prior" else "w2_fresh"].append(w2)
-                    a["err"].append(m["abs_rel"] * m["pixels"])
+                    if m["pixels"]:
+                        a["err"].append(m["abs_rel"] * m["pixels"])
                     a["pix"] += m["pixels"]
                     if prev is not None:
                         a["flicker"].append(flicker(prev[0], out.depth, prev[1], gt, mask & prev[2]))

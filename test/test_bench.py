@@ -18,7 +18,13 @@ def test_quick_bench_writes_the_documented_keys(tmp_path):
         assert set(saved["growth"][a]) == {"anchors_exponent", "pixels_exponent"}
     assert all(abs(r - 1.0) < 1e-9 for r in saved["ratio_to_global"]["global"].values())
     st = saved["stages_ms"]["n500_640x192"]
-    assert {"projection", "mde", "generator_k8", "solve_k8", "apply_k8", "generator_k50"} <= set(st)
+    assert {"projection", "mde", "generator_k8", "solve_k8", "apply_k8", "generator_k50", "uncertainty_k30",
+            "generator_k30_onnx"} <= set(st)
+    assert set(saved["projection_ms"]) == {"10000", "100000", "500000", "2000000"}
+    assert all(v > 0 for v in saved["projection_ms"].values())
+    assert set(saved["ratios"]) == {"projection_100k_over_mde", "uncertainty_over_generator_solve_apply",
+                                    "generator_onnx_over_torch"}
+    assert "LiDAR projection" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.md").is_file() and (tmp_path / "bench.png").is_file()
     assert doc["latency_ms"] == saved["latency_ms"]
     # the weight solve alone, per lambda policy (fixed, gcv, gcv + one Huber step), K and N

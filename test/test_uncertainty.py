@@ -196,3 +196,15 @@ def test_stability_tool_reports_coverage_and_prior_frames(tmp_path):
     assert dropped["prior 1"]["frames_published"] == 4 and dropped["prior 1"]["frames_from_prior"] == 2
     assert dropped["prior 1"]["coverage"] > 0.95 and dropped["prior 1"]["abs_rel"] < 0.25
     assert (tmp_path / "stability.md").is_file()
+
+
+def test_coarse_path_gives_the_calibrated_sigma(street_frame):
+    """The node combines the smooth terms on a stride-4 grid and upsamples once; the
+    calibration was fitted on full-resolution features: the two sigmas agree."""
+    f, pipe, mde, feats, uv, z = street_frame
+    res = pipe.aligner("basis").fit(mde, uv, z, features=feats)
+    model = pipe.calibration["basis-res"]
+    full = model.log_sigma(uncertainty_features("basis", res, mde, uv, z))
+    coarse = model.log_sigma(uncertainty_features("basis", res, mde, uv, z, needed=model.needed(), coarse=True))
+    rel = ((full - coarse).abs() / full).flatten()
+    assert float(rel.median()) < 0.01 and float(torch.quantile(rel, 0.99)) < 0.05

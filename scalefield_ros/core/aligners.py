@@ -654,7 +654,7 @@ class BasisAligner(Aligner):
     def maps(self, mde: torch.Tensor, features: torch.Tensor | None) -> BasisMaps:
         """The generator's basis maps for ``(B, H, W)`` depth (no gradient)."""
         gen = self.generator
-        dev = next(gen.parameters()).device
+        dev = getattr(gen, "device", None) or next(gen.parameters()).device  # an ONNX generator has no parameters
         with torch.no_grad():
             return gen(mde.to(dev), features.to(dev) if features is not None else None)
 

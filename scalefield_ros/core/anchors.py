@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 #: (low, high) inclusive anchor counts of the paper's regimes (section 4.1).
 REGIMES: dict[str, tuple[int, int]] = {"low": (10, 15), "medium": (100, 120), "high": (500, 530)}
@@ -174,6 +173,34 @@ def drop_anchor_sets(uv: np.ndarray, counts: tuple[int, ...] = DROP_COUNTS) -> d
     return out
 
 
+def _running(img: torch.Tensor, k: int, dim: int, op) -> torch.Tensor:
+    """Running ``op`` (torch.minimum / torch.maximum) over a window of ``k`` along ``dim`` of
+    ``img``, edges treated as absent: k - 1 element-wise ops on shifted views, several times
+    cheaper on CPU than a pooling layer (which also computes argmax indices)."""
+    r = k // 2
+    n = img.shape[dim]
+    out = img.clone()
+    for s in range(1, r + 1):
+        if s >= n:
+            break
+        lo, hi = img.narrow(dim, 0, n - s), img.narrow(dim, s, n - s)
+        a = out.narrow(dim, s, n - s)  # out[i] with the neighbour i - s
+        a.copy_(op(a, lo))
+        b = out.narrow(dim, 0, n - s)  # out[i] with the neighbour i + s
+        b.copy_(op(b, hi))
+    return out
+
+
+def window_min(img: torch.Tensor, k: int) -> torch.Tensor:
+    """k x k minimum filter of the last two dims (separable)."""
+    return _running(_running(img, k, -1, torch.minimum), k, -2, torch.minimum)
+
+
+def window_max(img: torch.Tensor, k: int) -> torch.Tensor:
+    """k x k maximum filter of the last two dims (separable)."""
+    return _running(_running(img, k, -1, torch.maximum), k, -2, torch.maximum)
+
+
 def project_points(
     points: torch.Tensor,
     T_cam_lidar: torch.Tensor,
@@ -213,54 +240,56 @@ def project_points(
     Km = torch.as_tensor(K, dtype=torch.float32, device=dev)
     if pts.dim() != 2 or pts.shape[1] < 3:
         raise ValueError(f"points must be (N, 3) or wider, got {tuple(pts.shape)}")
-    idx = torch.arange(pts.shape[0], device=dev)
-    xyz = pts[:, :3]
-    fin = torch.isfinite(xyz).all(1)
-    xyz, idx = xyz[fin], idx[fin]
-    cam = xyz @ T[:3, :3].T + T[:3, 3]
-    front = cam[:, 2] > min_depth
-    cam, idx = cam[front], idx[front]
+    # A spinning LiDAR puts half or more of its points behind the camera: one cheap depth
+    # test drops them first; every other test runs on the rest, with one compaction at the
+    # end (boolean indexing copies, and with 100k+ points copies cost more than arithmetic).
+    front = torch.nonzero(pts[:, :3] @ T[2, :3] + T[2, 3] > min_depth).squeeze(1)
+    cam = torch.addmm(T[:3, 3], pts.index_select(0, front)[:, :3], T[:3, :3].T)
     z = cam[:, 2]
-    u = Km[0, 0] * cam[:, 0] / z + Km[0, 1] * cam[:, 1] / z + Km[0, 2]
-    v = Km[1, 1] * cam[:, 1] / z + Km[1, 2]
-    uv = torch.stack([torch.round(u), torch.round(v)], 1)
-    inside = (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
-    uv, z, idx = uv[inside], z[inside], idx[inside]
-    keep = occlusion_filter(uv, z, image_size, occlusion_kernel, occlusion_rel)
-    out = (uv[keep], z[keep])
-    return out + (idx[keep],) if return_index else out
+    zs = torch.where(z > min_depth, z, torch.ones_like(z))  # no division by ~0 behind the camera
+    u = torch.round((Km[0, 0] * cam[:, 0] + Km[0, 1] * cam[:, 1]) / zs + Km[0, 2])
+    v = torch.round(Km[1, 1] * cam[:, 1] / zs + Km[1, 2])
+    ok = (z > min_depth) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)  # NaN fails every test
+    keep = ok & occlusion_filter(torch.stack([u, v], 1), z, image_size, occlusion_kernel, occlusion_rel, valid=ok)
+    idx = torch.nonzero(keep).squeeze(1)
+    out = (torch.stack([u[idx], v[idx]], 1), z[idx])
+    return out + (front[idx],) if return_index else out
 
 
 def occlusion_filter(uv: torch.Tensor, z: torch.Tensor, image_size: tuple[int, int], kernel: int = 5,
-                     rel: float = 0.1) -> torch.Tensor:
+                     rel: float = 0.1, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Which projected points to keep: the nearest per pixel, and (``kernel > 1``) none with a
     point in its k x k neighbourhood more than ``rel`` nearer (see-through background).
 
     Args:
-        uv: ``(M, 2)`` integer-valued pixel coordinates inside the image.
-        z: ``(M,)`` depths.
+        uv: ``(M, 2)`` integer-valued pixel coordinates (inside the image where ``valid``).
+        z: ``(M,)`` positive depths.
+        valid: optional ``(M,)`` points to consider (others are never kept and never occlude).
 
     Returns:
         ``(M,)`` bool mask.
     """
     h, w = image_size
     dev = z.device
-    if z.numel() == 0:
+    n = z.numel()
+    if n == 0:
         return torch.zeros(0, dtype=torch.bool, device=dev)
-    lin = uv[:, 1].long() * w + uv[:, 0].long()
-    zbuf = torch.full((h * w,), float("inf"), device=dev)
-    zbuf.scatter_reduce_(0, lin, z, reduce="amin")
-    # One point per pixel: the nearest (ties broken by the first occurrence).
-    nearest = z <= zbuf[lin]
-    order = torch.arange(z.numel(), device=dev)
-    first = torch.full((h * w,), z.numel(), device=dev, dtype=torch.long)
-    first.scatter_reduce_(0, lin[nearest], order[nearest], reduce="amin")
-    keep = nearest & (first[lin] == order)
+    if valid is None:
+        valid = torch.ones(n, dtype=torch.bool, device=dev)
+    lin = torch.where(valid, uv[:, 1].long() * w + uv[:, 0].long(), torch.full((n,), h * w, device=dev,
+                                                                                  dtype=torch.long))
+    # Nearest per pixel, ties to the first point, in one scatter: for positive floats the
+    # IEEE bit pattern orders like the value, so (bits << 32 | index) orders by (z, index).
+    key = (z.float().contiguous().view(torch.int32).to(torch.int64) << 32) | torch.arange(n, device=dev)
+    best = torch.full((h * w + 1,), torch.iinfo(torch.int64).max, device=dev, dtype=torch.long)
+    best.scatter_reduce_(0, lin, key, reduce="amin")
+    keep = valid & (best[lin] == key)
     if kernel > 1:
-        img = torch.where(torch.isinf(zbuf), torch.full_like(zbuf, 1e9), zbuf).view(1, 1, h, w)
-        k = int(kernel) | 1
-        local_min = -F.max_pool2d(-img, k, stride=1, padding=k // 2).view(-1)
-        keep &= z <= local_min[lin] * (1.0 + rel)
+        zbuf = (best[: h * w] >> 32).to(torch.int32).view(torch.float32)  # nearest depth per pixel
+        empty = best[: h * w] == torch.iinfo(torch.int64).max
+        img = torch.where(empty, torch.full_like(zbuf, 1e9), zbuf).view(h, w)
+        local_min = window_min(img, int(kernel) | 1)
+        keep &= z <= local_min.view(-1)[lin.clamp(max=h * w - 1)] * (1.0 + rel)
     return keep
 
 
@@ -268,17 +297,14 @@ def depth_spread(depth: torch.Tensor, window: int = 7) -> torch.Tensor:
     """``log(max / min)`` of positive depth over a ``window`` x ``window`` neighbourhood, ``(B, H, W)``
     (or ``(H, W)``); +inf next to invalid (non-positive or NaN) pixels.
 
-    Separable (a 1 x k then a k x 1 pooling): a fraction of the cost of a k x k pooling.
+    Separable running max and min (:func:`window_max`, :func:`window_min`): a fraction of a pooling layer.
     """
     single = depth.dim() == 2
     d = (depth.unsqueeze(0) if single else depth).float().unsqueeze(1)
     ok = torch.isfinite(d) & (d > 0)
     k = int(window) | 1
-    r = k // 2
-    hi = torch.where(ok, d, torch.full_like(d, float("inf")))  # an invalid pixel makes the max inf
-    lo = torch.where(ok, d, torch.zeros_like(d))  # ... and the min 0
-    hi = F.max_pool2d(F.max_pool2d(hi, (1, k), 1, (0, r)), (k, 1), 1, (r, 0))
-    lo = -F.max_pool2d(F.max_pool2d(-lo, (1, k), 1, (0, r)), (k, 1), 1, (r, 0))
+    hi = window_max(torch.where(ok, d, torch.full_like(d, float("inf"))), k)  # an invalid pixel makes the max inf
+    lo = window_min(torch.where(ok, d, torch.zeros_like(d)), k)  # ... and the min 0
     out = torch.log(hi / lo)[:, 0]
     return out[0] if single else out
 

@@ -79,12 +79,24 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
+def _nan_lower_median(x: torch.Tensor) -> torch.Tensor:
+    """``torch.nanmedian(x, dim=1)`` (the lower middle value, NaN for an all-NaN row), also
+    when exported: ONNX has no median, so export traces an equal sort-and-gather."""
+    if not (torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()):
+        return torch.nanmedian(x, dim=1).values
+    valid = ~torch.isnan(x)
+    n = valid.sum(1)
+    s = torch.sort(torch.where(valid, x, torch.full_like(x, float("inf"))), dim=1).values
+    med = s.gather(1, ((n - 1).clamp_min(0) // 2).unsqueeze(1))[:, 0]
+    return torch.where(n > 0, med, torch.full_like(med, float("nan")))
+
+
 def _log_depth_inputs(mde_depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``[log D, d/du log D, d/dv log D]`` at ``size``, log D centred per image."""
     valid = torch.isfinite(mde_depth) & (mde_depth > 0)
     logd = torch.log(torch.where(valid, mde_depth, torch.ones_like(mde_depth)))
     flat = torch.where(valid, logd, torch.full_like(logd, float("nan"))).flatten(1)
-    med = torch.nanmedian(flat, dim=1).values.nan_to_num(0.0)
+    med = _nan_lower_median(flat).nan_to_num(0.0)
     logd = torch.where(valid, logd - med[:, None, None], torch.zeros_like(logd))
     logd = F.interpolate(logd.unsqueeze(1), size=size, mode="area")
     # Central differences scaled to "per working pixel"; replicate padding keeps borders.
@@ -96,8 +108,9 @@ def _log_depth_inputs(mde_depth: torch.Tensor, size: tuple[int, int]) -> torch.T
 
 def _coords(b: int, size: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     h, w = size
-    ys = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype)
-    xs = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype)
+    # arange, not linspace: export keeps a symbolic size through arange (linspace fixes it)
+    ys = torch.arange(h, device=device, dtype=dtype) * (2.0 / (h - 1)) - 1.0
+    xs = torch.arange(w, device=device, dtype=dtype) * (2.0 / (w - 1)) - 1.0
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx, gy]).unsqueeze(0).expand(b, -1, -1, -1)
 
@@ -148,7 +161,7 @@ class BasisMapGenerator(nn.Module):
             s = min(1.0, (self.config.work_pixels / (h * w)) ** 0.5)
             return max(8, round(h * s)), max(8, round(w * s))
         if features is not None:
-            return int(features.shape[-2]), int(features.shape[-1])
+            return features.shape[-2], features.shape[-1]  # no int(): export keeps them symbolic
         s = min(1.0, self.config.work_size / max(h, w))
         return max(8, round(h * s)), max(8, round(w * s))
 
@@ -156,8 +169,20 @@ class BasisMapGenerator(nn.Module):
         """Basis maps for ``(B, H, W)`` MDE depth and optional ``(B, C, h, w)`` features."""
         if mde_depth.dim() == 2:
             mde_depth = mde_depth.unsqueeze(0)
+        x = self.inputs(mde_depth, features)
+        E, basis, gates = self.trunk(x)
+        return BasisMaps(E, basis, gates, tuple(mde_depth.shape[-2:]))
+
+    def inputs(self, mde_depth: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """X(x) = [F(x), log D(x), grad log D(x), x] at the working grid: ``(B, C + 5, h, w)``.
+
+        No learned weights: exported generators (``scalefield_ros.export``) run this in
+        torch and only :meth:`trunk` in ONNX Runtime or TensorRT.
+        """
+        if mde_depth.dim() == 2:
+            mde_depth = mde_depth.unsqueeze(0)
         cfg = self.config
-        b, h, w = mde_depth.shape
+        b = mde_depth.shape[0]
         if features is not None and features.dim() == 3:
             features = features.unsqueeze(0)
         if features is not None and features.shape[1] != cfg.feature_channels:
@@ -182,8 +207,12 @@ class BasisMapGenerator(nn.Module):
                 parts.append(f)
         parts.append(_log_depth_inputs(mde_depth.to(dtype), size))
         parts.append(_coords(b, size, mde_depth.device, dtype))
-        x = torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1)
 
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """U-Net trunk and heads: ``(E, B, G)`` (eqs 17-19) from :meth:`inputs`."""
+        cfg = self.config
+        b = x.shape[0]
         e0 = self.enc0(x)
         e1 = self.enc1(e0)
         e2 = self.enc2(e1)
@@ -193,13 +222,14 @@ class BasisMapGenerator(nn.Module):
         prim = self.basis_head(d0)
         if cfg.num_basis == 1:
             prim = prim[:, :0]
-        ones = torch.ones(b, 1, *size, device=x.device, dtype=dtype)
+        ones = torch.ones_like(prim[:, :1]) if cfg.num_basis > 1 else torch.ones(b, 1, *x.shape[-2:], device=x.device,
+                                                                                  dtype=x.dtype)
         basis = torch.cat([ones, prim], dim=1)
         gates = torch.softmax(self.gate_head(d0), dim=1)
         E = gates * basis
         if cfg.ungated_global:
             E = torch.cat([basis[:, :1], E[:, 1:]], dim=1)
-        return BasisMaps(E, basis, gates, (h, w))
+        return E, basis, gates
 
 
 def save_generator(generator: BasisMapGenerator, path: str | Path, extra: dict | None = None) -> Path:

@@ -43,8 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Coarse grid (pixels per cell) of the nearest-anchor distance.
-DIST_STRIDE = 8
+#: Cells of the grid the nearest-anchor distance is computed on (24 x 80 at 640 x 192: 8-pixel
+#: cells); larger images get larger cells, so the cost does not grow with the image.
+DIST_CELLS = 1920
 #: Kernel bandwidth (fraction of the diagonal) of the local variance of grid-type methods.
 LOCAL_BANDWIDTH = 0.1
 
@@ -73,16 +74,23 @@ def _cell_centres(hs: int, ws: int, stride: int, device: torch.device) -> torch.
     return _CELLS[key]
 
 
+def coarse_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The grid the smooth terms are combined on before one upsampling (stride 4)."""
+    return -(-size[0] // 4), -(-size[1] // 4)
+
+
 def anchor_distance(uv: torch.Tensor, mask: torch.Tensor, size: tuple[int, int],
-                    stride: int = DIST_STRIDE) -> torch.Tensor:
+                    stride: int | None = None, out: tuple[int, int] | None = None) -> torch.Tensor:
     """Distance from every pixel to its nearest anchor, as a fraction of the image diagonal.
 
-    Computed between the cells of a ``stride``-pixel grid and the occupied ones (exact to
-    about a cell) and upsampled: ``(B, H, W)``. Images without anchors get 1 (a diagonal away).
+    Computed between the cells of a ``stride``-pixel grid (default: about
+    :data:`DIST_CELLS` cells) and the occupied ones (exact to about a cell) and upsampled:
+    ``(B, H, W)``. Images without anchors get 1 (a diagonal away).
     """
     h, w = size
     b = uv.shape[0]
     dev = uv.device
+    stride = stride or max(1, round((h * w / DIST_CELLS) ** 0.5))
     hs, ws = -(-h // stride), -(-w // stride)
     ci = (uv[..., 1] / stride).long().clamp(0, hs - 1)
     cj = (uv[..., 0] / stride).long().clamp(0, ws - 1)
@@ -98,7 +106,7 @@ def anchor_distance(uv: torch.Tensor, mask: torch.Tensor, size: tuple[int, int],
         else:
             rows.append((torch.cdist(cells, occupied).amin(1) / diag).clamp(max=1.0))
     nearest = torch.stack(rows).view(b, 1, hs, ws)
-    return F.interpolate(nearest, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    return F.interpolate(nearest, size=out or (h, w), mode="bilinear", align_corners=False)[:, 0]
 
 
 def extrapolation(depth: torch.Tensor, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -113,7 +121,8 @@ def extrapolation(depth: torch.Tensor, z: torch.Tensor, mask: torch.Tensor) -> t
 
 
 def local_log_variance(uv: torch.Tensor, resid: torch.Tensor, mask: torch.Tensor, size: tuple[int, int],
-                       bandwidth: float, dof: float = 1.0, stride: int = 4) -> torch.Tensor:
+                       bandwidth: float, dof: float = 1.0, stride: int = 4,
+                       out: tuple[int, int] | None = None) -> torch.Tensor:
     """Kernel-weighted residual variance times ``1 + 1/n_eff`` (see the module doc): ``(B, H, W)``."""
     from .aligners import gaussian_splat
 
@@ -130,16 +139,25 @@ def local_log_variance(uv: torch.Tensor, resid: torch.Tensor, mask: torch.Tensor
     local = (swr + glob[:, None, None]) / (sw + 1.0)
     n_eff = sw.square() / sq.clamp_min(1e-12)
     var = local * (1.0 + 1.0 / n_eff.clamp_min(1.0))
-    return F.interpolate(var.unsqueeze(1), size=(h, w), mode="bilinear", align_corners=True)[:, 0]
+    return F.interpolate(var.unsqueeze(1), size=out or (h, w), mode="bilinear", align_corners=True)[:, 0]
 
 
 def method_log_variance(method: str, result, mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor,
-                        mask: torch.Tensor | None = None, options: dict | None = None) -> torch.Tensor:
-    """The method's own predictive variance of log depth at every pixel: ``(B, H, W)``.
+                        mask: torch.Tensor | None = None, options: dict | None = None,
+                        out: tuple[int, int] | None = None) -> torch.Tensor:
+    """The method's own predictive variance of log depth at every pixel: ``(B, H, W)`` (or
+    ``out`` size).
 
     ``result`` is the :class:`~.aligners.AlignmentResult` of ``method`` on these anchors;
     ``options`` the method's options (bandwidth, grid shape). See the module doc.
     """
+    full = _full_variance(method, result, mde, uv, z, mask, options, out)
+    if out is not None and tuple(full.shape[-2:]) != tuple(out):
+        full = F.interpolate(full.unsqueeze(1), size=out, mode="area")[:, 0]
+    return full
+
+
+def _full_variance(method, result, mde, uv, z, mask, options, out):
     mde, uv, z, ui, vi, m = _prep(mde, uv, z, mask)
     b, h, w = mde.shape
     depth = result.depth.unsqueeze(0) if result.depth.dim() == 2 else result.depth
@@ -148,7 +166,7 @@ def method_log_variance(method: str, result, mde: torch.Tensor, uv: torch.Tensor
     if method == "basis" and sol is not None:
         e = result.extras["basis"]
         var = sol.log_variance(e.double()).float()
-        return F.interpolate(var.unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        return F.interpolate(var.unsqueeze(1), size=out or (h, w), mode="bilinear", align_corners=False)[:, 0]
     at = torch.gather(depth.reshape(b, -1), 1, vi * w + ui)
     ok = m & torch.isfinite(at) & (at > 0)
     resid = torch.where(ok, torch.log(z / at.clamp_min(1e-6)), torch.zeros_like(z))
@@ -176,11 +194,13 @@ def method_log_variance(method: str, result, mde: torch.Tensor, uv: torch.Tensor
         dof = 1.0
     else:
         bandwidth, dof = LOCAL_BANDWIDTH, 2.0
-    return local_log_variance(uv, resid, ok, (h, w), bandwidth, dof)
+    return local_log_variance(uv, resid, ok, (h, w), bandwidth, dof, out=out)
 
 
 FEATURES = ("post", "local", "dist", "ext", "edge")
 COEFFS = ("post", "local", "dist", "ext", "edge", "floor")
+#: Features that vary smoothly (combined on a coarse grid in the node); the others are per pixel.
+SMOOTH = ("post", "local", "dist")
 #: Bandwidth (fraction of the diagonal) of the local residual variance feature.
 LOCAL_RESIDUAL_BANDWIDTH = 0.04
 #: Window of the depth-edge feature (the anchor edge filter's).
@@ -202,31 +222,37 @@ def depth_edges(depth: torch.Tensor, window: int = EDGE_WINDOW) -> torch.Tensor:
 
 def uncertainty_features(method: str, result, mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor,
                          mask: torch.Tensor | None = None, options: dict | None = None,
-                         needed: tuple[str, ...] = FEATURES, edges: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                         needed: tuple[str, ...] = FEATURES, edges: torch.Tensor | None = None,
+                         coarse: bool = False) -> dict[str, torch.Tensor]:
     """The inputs of the calibration, each ``(B, H, W)``: ``post`` (the method's variance),
     ``local`` (anchors' residual variance near the pixel), ``dist`` (nearest-anchor distance
     / diagonal), ``ext`` (log extrapolation) and ``edge`` (log depth spread around it).
     Features not in ``needed`` are zeros (a calibration that does not use them); ``edges``
-    is the network depth's ``depth_spread`` when already computed (the anchor edge filter's)."""
+    is the network depth's ``depth_spread`` when already computed (the anchor edge filter's).
+    ``coarse``: the smooth terms (post, local, dist) on the :func:`coarse_size` grid, which
+    :meth:`UncertaintyModel.log_sigma` combines there and upsamples once (the node's path);
+    else every feature at full resolution (calibration samples pixels)."""
     mde_b, uv_b, z_b, ui, vi, m = _prep(mde, uv, z, mask)
     b, h, w = mde_b.shape
     depth = result.depth.unsqueeze(0) if result.depth.dim() == 2 else result.depth
+    grid = coarse_size((h, w)) if coarse else None
     out = {}
     if "post" in needed:
-        out["post"] = method_log_variance(method, result, mde_b, uv_b, z_b, m, options)
+        out["post"] = method_log_variance(method, result, mde_b, uv_b, z_b, m, options, out=grid)
     if "local" in needed:
         at = torch.gather(depth.reshape(b, -1), 1, vi * w + ui)
         ok = m & torch.isfinite(at) & (at > 0)
         resid = torch.where(ok, torch.log(z_b / at.clamp_min(1e-6)), torch.zeros_like(z_b))
-        out["local"] = local_log_variance(uv_b, resid, ok, (h, w), LOCAL_RESIDUAL_BANDWIDTH, dof=0.0)
+        out["local"] = local_log_variance(uv_b, resid, ok, (h, w), LOCAL_RESIDUAL_BANDWIDTH, dof=0.0, out=grid)
     if "dist" in needed:
-        out["dist"] = anchor_distance(uv_b, m, (h, w))
+        out["dist"] = anchor_distance(uv_b, m, (h, w), out=grid)
     if "ext" in needed:
         out["ext"] = extrapolation(torch.nan_to_num(depth, nan=1.0), z_b, m)
     if "edge" in needed:
         out["edge"] = depth_edges(mde_b) if edges is None else edges.reshape(b, h, w).clamp(max=3.0)
     zero = torch.zeros_like(mde_b)
-    return {k: out.get(k, zero) for k in FEATURES}
+    zero_c = zero if grid is None else zero.new_zeros((b,) + grid)
+    return {k: out.get(k, zero_c if k in SMOOTH else zero) for k in FEATURES}
 
 
 @dataclass
@@ -246,10 +272,12 @@ class UncertaintyModel:
 
     def log_sigma(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """``sigma_log`` ``(B, H, W)`` from :func:`uncertainty_features`."""
-        v = (self.post * feats["post"].clamp_min(0) + self.local * feats["local"].clamp_min(0)
-             + (self.dist * feats["dist"]).square() + (self.ext * feats["ext"]).square()
-             + (self.edge * feats["edge"]).square() + self.floor ** 2)
-        return v.sqrt()
+        smooth = (self.post * feats["post"].clamp_min(0) + self.local * feats["local"].clamp_min(0)
+                  + (self.dist * feats["dist"]).square() + self.floor ** 2)
+        full = feats["ext"].shape[-2:]
+        if smooth.shape[-2:] != full:  # coarse features: one upsampling of their sum
+            smooth = F.interpolate(smooth.unsqueeze(1), size=tuple(full), mode="bilinear", align_corners=False)[:, 0]
+        return (smooth + (self.ext * feats["ext"]).square() + (self.edge * feats["edge"]).square()).sqrt()
 
     def needed(self, tiny: float = 1e-2) -> tuple[str, ...]:
         """Features whose term matters: a variance coefficient (post, local) of at least
