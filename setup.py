@@ -9,6 +9,8 @@ PACKAGE = "scalefield_ros"
 # Executables: `ros2 run scalefield_ros <name>` after colcon build, plain commands after pip.
 EXECUTABLES = {
     "align_node": "align_node",
+    "align_lifecycle_node": "align_lifecycle_node",
+    "export": "export",
     "demo": "demo",
     "train": "train",
     "evaluate": "evaluate",

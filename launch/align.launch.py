@@ -1,7 +1,10 @@
 """Launch the scalefield_align node.
 
     ros2 launch scalefield_ros align.launch.py [params_file:=...] [namespace:=...]
-        [use_sim_time:=true] [device:=cuda] [method:=basis]
+        [use_sim_time:=true] [device:=cuda] [method:=basis] [lifecycle:=true]
+
+``lifecycle:=true`` runs the managed variant (``align_lifecycle_node``), configured and
+activated at start (``--activate``); drive it afterwards with ``ros2 lifecycle set``.
 """
 
 import os
@@ -9,6 +12,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -22,22 +26,21 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (rosbag replay)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda, cuda:N"),
         DeclareLaunchArgument("method", default_value="basis",
-                              description="basis, global, piecewise, lwlr or grid"),
+                              description="basis, global, global-scale, piecewise, lwlr, grid or grid-smooth"),
+        DeclareLaunchArgument("lifecycle", default_value="false",
+                              description="run the managed (lifecycle) node, configured and activated at start"),
     ]
-    node = Node(
-        package="scalefield_ros",
-        executable="align_node",
-        name="scalefield_align",
-        namespace=LaunchConfiguration("namespace"),
-        output="screen",
-        emulate_tty=True,
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {
-                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-                "device": LaunchConfiguration("device"),
-                "method": LaunchConfiguration("method"),
-            },
-        ],
-    )
-    return LaunchDescription(args + [node])
+    parameters = [
+        LaunchConfiguration("params_file"),
+        {
+            "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+            "device": LaunchConfiguration("device"),
+            "method": LaunchConfiguration("method"),
+        },
+    ]
+    common = dict(package="scalefield_ros", name="scalefield_align", namespace=LaunchConfiguration("namespace"),
+                  output="screen", emulate_tty=True, parameters=parameters)
+    plain = Node(executable="align_node", condition=UnlessCondition(LaunchConfiguration("lifecycle")), **common)
+    managed = Node(executable="align_lifecycle_node", arguments=["--activate"],
+                   condition=IfCondition(LaunchConfiguration("lifecycle")), **common)
+    return LaunchDescription(args + [plain, managed])

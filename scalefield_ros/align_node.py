@@ -3,291 +3,40 @@
     ros2 launch scalefield_ros align.launch.py
     python -m scalefield_ros.align_node --ros-args --params-file config/align.yaml
 
-A thin shell around :class:`scalefield_ros.pipeline.MetricDepthPipeline`: callbacks only
-convert messages and hand the newest synchronised frame to a worker thread; all numbers
-are computed in the pipeline. When processing is slower than the sensors, the worker
-takes only the newest frame and counts the ones it skipped; no backlog builds up.
+The node class is :class:`scalefield_ros.ros.align.AlignNode` (its managed variant,
+``align_lifecycle_node``, is :class:`~scalefield_ros.ros.align.AlignLifecycleNode`); the
+parameters are :mod:`scalefield_ros.node_params`. This module runs it: it owns the
+process's signal handling and executor, so that Ctrl-C stops the worker before the ROS
+context goes.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-
-import numpy as np
 
 from .core.transforms import matrix_quaternion, quaternion_matrix  # noqa: F401 (re-exported)
 from .node_params import (NODE_RUNTIME, PARAM_DEFAULTS, PARAM_RANGES, PARAMS, RUNTIME_CONFIG,  # noqa: F401 (re-exported)
-                          Param, apply_changes, check_changes, coerce_param, pipeline_config, validate_param)
-from .pipeline import GATE_MESSAGE, MetricDepthPipeline
-from .ros import conversions as cv
-
-try:  # present on any ROS 2 robot, not installable on these CI machines
-    import message_filters  # type: ignore
-except ImportError:  # pragma: no cover - depends on the machine
-    message_filters = None
+                          Param, coerce_param, pipeline_config, validate_param)
 
 NODE_NAME = "scalefield_align"
-#: An image older than the last one taken by at most this much is out of order and skipped;
-#: a larger jump back is a bag loop or clock reset and restarts the stream.
-STALE_WINDOW_NS = 5_000_000_000
 
 
-def build_node(node_cls, **node_kwargs):
-    """Create the node class lazily so that importing this module never needs rclpy."""
-    import rclpy
-    import rclpy.duration
-    import rclpy.time
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-    from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, DurabilityPolicy
-    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+def build_node(node_cls=None, **node_kwargs):
+    """The plain node (``node_cls`` is ignored: kept for callers of the old factory)."""
+    from .ros.align import AlignNode
 
-    class AlignNode(node_cls):
-        def __init__(self) -> None:
-            super().__init__(NODE_NAME, **node_kwargs)
-            for p in PARAMS:
-                desc = ParameterDescriptor(description=p.description + ("" if p.dynamic else " (read at start)"),
-                                           read_only=not p.dynamic,
-                                           # an integer where a double is meant is accepted (and converted)
-                                           dynamic_typing=isinstance(p.default, float))
-                if p.name in PARAM_RANGES:
-                    lo, hi = PARAM_RANGES[p.name]
-                    if isinstance(p.default, float):
-                        desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi),
-                                                                        step=0.0)]
-                    else:
-                        desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
-                self.declare_parameter(p.name, p.default, desc)
-            v = {p.name: coerce_param(p.name, self.get_parameter(p.name).value) for p in PARAMS}
-            for name, value in v.items():
-                err = validate_param(name, value)
-                if err:
-                    raise ValueError(f"parameter {err}")
-            self.types = cv.rclpy_types()
-            from .threads import set_threads
-
-            set_threads(v["torch_threads"])
-            self.pipeline = MetricDepthPipeline(pipeline_config(v))
-            self.T_param = quaternion_matrix(v["extrinsic_translation"], v["extrinsic_rotation"])
-            self.publish_color = v["publish_color"]
-            self.publish_uncertainty = v["publish_uncertainty"]
-            self.add_on_set_parameters_callback(self._on_params)
-
-            qos = QoSProfile(depth=v["qos_depth"], history=HistoryPolicy.KEEP_LAST,
-                             reliability=ReliabilityPolicy.BEST_EFFORT if v["qos_reliability"] == "best_effort"
-                             else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-            out_qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-            self.pub_depth = self.create_publisher(Image, "depth/metric", out_qos)
-            self.pub_info = self.create_publisher(CameraInfo, "depth/metric/camera_info", out_qos)
-            self.pub_scale = self.create_publisher(Image, "depth/scale_field", out_qos)
-            self.pub_color = self.create_publisher(Image, "depth/scale_field/color", out_qos)
-            self.pub_unc = self.create_publisher(Image, "depth/metric/uncertainty", out_qos)
-            self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-            self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
-
-            compressed = v["image_transport"] == "compressed"
-            img_type, img_topic = (CompressedImage, "camera/image_raw/compressed") if compressed else (
-                Image, "camera/image_raw")
-            self.compressed = compressed
-            topics = [(img_type, img_topic), (CameraInfo, "camera/camera_info"), (PointCloud2, "lidar/points")]
-            if message_filters is not None:
-                # Same QoS as plain subscribers, or Best-Effort cameras are never received.
-                self._subs = [message_filters.Subscriber(self, t, name, qos_profile=qos) for t, name in topics]
-                self.sync = message_filters.ApproximateTimeSynchronizer(
-                    self._subs, v["sync_queue_size"], v["sync_slop"])
-                self.sync.registerCallback(self._on_synced)
-                self.sync_kind = "message_filters"
-            else:
-                from .ros.sync import ApproxTimeSync
-
-                self.sync = ApproxTimeSync(3, v["sync_queue_size"], v["sync_slop"], self._on_synced)
-                self._subs = [self.create_subscription(t, name, self._feeder(i), qos)
-                              for i, (t, name) in enumerate(topics)]
-                self.sync_kind = "builtin"
-            self.tf_buffer = None
-            if v["use_tf"]:
-                try:
-                    import tf2_ros  # type: ignore
-
-                    self.tf_buffer = tf2_ros.Buffer()
-                    self.tf_listener = tf2_ros.TransformListener(self.tf_buffer, self)
-                except ImportError:
-                    self.get_logger().warning("use_tf is true but tf2_ros does not import; using the extrinsic parameters")
-            self._lock = threading.Condition()
-            self._latest = None
-            self._stop = False
-            self.frames_in = 0
-            self.frames_done = 0
-            self.frames_dropped = 0
-            self.frames_skipped = 0
-            self._warned_distortion = False
-            self._last_stamp: int | None = None
-            self._worker = threading.Thread(target=self._work, name="scalefield_worker", daemon=True)
-            self._worker.start()
-            self.get_logger().info(
-                f"scalefield_align ready: method={v['method']} device={self.pipeline.device} "
-                f"mde={self.pipeline.backend.name} sync={self.sync_kind} qos={v['qos_reliability']}")
-
-        # -- parameters ---------------------------------------------------------------
-        def _on_params(self, params) -> SetParametersResult:
-            changes = {p.name: coerce_param(p.name, p.value) for p in params}
-            err = check_changes(changes)
-            if err is None:
-                current = {p.name: coerce_param(p.name, self.get_parameter(p.name).value) for p in PARAMS}
-                err = apply_changes(self.pipeline, changes, current)
-            if err:
-                return SetParametersResult(successful=False, reason=err)
-            if "publish_uncertainty" in changes:
-                self.publish_uncertainty = changes["publish_uncertainty"]
-            return SetParametersResult(successful=True)
-
-        # -- input ----------------------------------------------------------------------
-        def _feeder(self, i: int):
-            def cb(msg) -> None:
-                self.sync.add(i, msg, cv.stamp_ns(msg.header))
-            return cb
-
-        def _on_synced(self, img, info, cloud) -> None:
-            stamp = cv.stamp_ns(img.header)
-            if self._last_stamp is not None and stamp <= self._last_stamp:
-                if self._last_stamp - stamp <= STALE_WINDOW_NS:
-                    return self._skip(img.header, f"stale stamp: {(self._last_stamp - stamp) / 1e9:.3f} s older than "
-                                                  "the last frame taken (out of order)")
-                self.get_logger().warning("time went backwards by more than 5 s (bag loop or clock reset); "
-                                          "accepting the new stamps")
-            self._last_stamp = stamp
-            with self._lock:
-                if self._latest is not None:
-                    self.frames_dropped += 1  # the worker never got to it: newest wins
-                    self.get_logger().warning(
-                        f"alignment is slower than the sensors: dropped {self.frames_dropped} stale frame(s) so far "
-                        "(newest frame wins, no backlog)", throttle_duration_sec=5.0)
-                self._latest = (img, info, cloud)
-                self.frames_in += 1
-                self._lock.notify()
-
-        def _work(self) -> None:
-            while True:
-                with self._lock:
-                    while self._latest is None and not self._stop:
-                        self._lock.wait(0.5)
-                    if self._stop:
-                        return
-                    frame, self._latest = self._latest, None
-                try:
-                    self._process(*frame)
-                except Exception as exc:  # never die on input; say what happened
-                    if self._stop or not self.context.ok():
-                        return  # shutting down: the publishers are going away, nothing to report
-                    self.frames_skipped += 1
-                    self.get_logger().error(f"frame skipped: {type(exc).__name__}: {exc}",
-                                            throttle_duration_sec=5.0)
-                    self._diagnose(frame[0].header, None, f"error: {exc}")
-
-        def stop(self) -> None:
-            with self._lock:
-                self._stop = True
-                self._lock.notify()
-            self._worker.join(timeout=5)
-
-        def _extrinsic(self, camera_frame: str, lidar_frame: str, stamp) -> np.ndarray:
-            if self.tf_buffer is None:
-                return self.T_param
-            try:
-                tf = self.tf_buffer.lookup_transform(camera_frame, lidar_frame, rclpy.time.Time.from_msg(stamp),
-                                                     timeout=rclpy.duration.Duration(seconds=0.05))
-                tr, q = tf.transform.translation, tf.transform.rotation
-                return quaternion_matrix([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
-            except Exception as exc:
-                self.get_logger().warning(f"TF {lidar_frame}->{camera_frame} unavailable ({exc}); using parameters",
-                                       throttle_duration_sec=5.0)
-                return self.T_param
-
-        def _skip(self, header, reason: str, error: bool = False) -> None:
-            self.frames_skipped += 1
-            log = self.get_logger().error if error else self.get_logger().warning
-            log(f"frame skipped: {reason}", throttle_duration_sec=5.0)
-            self._diagnose(header, None, reason, error)
-
-        def _process(self, img, info, cloud) -> None:
-            t_start = time.perf_counter()
-            try:
-                frame = cv.decode_frame(img, info, cloud, self.compressed)
-            except cv.ConversionError as exc:
-                return self._skip(img.header, str(exc))
-            if frame.cloud_problem and not self.pipeline.has_prior:
-                return self._skip(img.header, frame.cloud_problem)
-            rgb, cam, pts = frame.rgb, frame.camera, frame.points
-            if np.any(cam.distortion) and not self._warned_distortion:
-                self._warned_distortion = True
-                self.get_logger().warning("CameraInfo has non-zero distortion D: this node assumes a rectified "
-                                       "image (subscribe to image_rect); anchors will be off otherwise")
-            T = self._extrinsic(img.header.frame_id or cam.frame_id, cloud.header.frame_id, img.header.stamp)
-            out = self.pipeline.process(rgb, cam.K, pts, T, stamp=cv.stamp_ns(img.header) * 1e-9)
-            if out.depth is None:
-                return self._skip(img.header, out.reason, error=bool(out.gate))
-            self.pub_depth.publish(cv.array_to_image(self.types, out.depth, "32FC1", img.header))
-            info.header = img.header
-            self.pub_info.publish(info)
-            self.pub_scale.publish(cv.array_to_image(self.types, out.scale.astype(np.float32), "32FC1", img.header))
-            if self.publish_uncertainty and out.sigma is not None:
-                self.pub_unc.publish(cv.array_to_image(self.types, out.sigma, "32FC1", img.header))
-            if self.publish_color:
-                self.pub_color.publish(cv.array_to_image(self.types, cv.scale_to_color(out.scale), "bgr8", img.header))
-            self.frames_done += 1
-            if out.fallback:
-                self.get_logger().warning(f"fallback in force: {out.fallback} ({out.anchors} anchors)",
-                                       throttle_duration_sec=5.0)
-            # everything around the stages: decoding, conversions, publishing, colour map
-            total = time.perf_counter() - t_start
-            out.timings["total"] = total
-            out.timings["overhead"] = max(0.0, total - sum(v for k, v in out.timings.items() if k != "total"))
-            self._diagnose(img.header, out, "")
-
-        def _diagnose(self, header, out, reason: str, error: bool = False) -> None:
-            DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
-            values = {"frames_in": self.frames_in, "frames_published": self.frames_done,
-                      "frames_dropped": self.frames_dropped, "frames_skipped": self.frames_skipped,
-                      "method": self.pipeline.cfg.method}
-            level, message = DiagnosticStatus.OK, "aligned"
-            if out is not None:
-                values.update({f"latency_{k}_ms": f"{1000 * s:.2f}" for k, s in out.timings.items()})
-                values.update(anchors=out.anchors, log_residual=f"{out.residual:.4f}", fallback=out.fallback or "none",
-                              nan_policy_share=f"{out.invalid_share:.4f}")
-                if out.sigma is not None:
-                    fin = np.isfinite(out.sigma) & np.isfinite(out.depth) & (out.depth > 0)
-                    rel = out.sigma[fin] / out.depth[fin]
-                    values["median_relative_sigma"] = f"{float(np.median(rel)):.4f}" if rel.size else "nan"
-                if out.ridge_lambda == out.ridge_lambda:  # basis only (NaN for the other methods)
-                    values["ridge_lambda"] = f"{out.ridge_lambda:.3g}"
-                if out.fallback == "prior":
-                    level, message = DiagnosticStatus.WARN, ("fallback: prior (too few anchors; the previous frame's "
-                                                             "weights on this image)")
-                elif out.fallback:
-                    level, message = DiagnosticStatus.WARN, f"fallback: {out.fallback}"
-                if out.gate:  # gate_policy publish: published, but not believable
-                    level, message = DiagnosticStatus.ERROR, f"{GATE_MESSAGE} ({out.gate})"
-            else:
-                level, message = (DiagnosticStatus.ERROR if error else DiagnosticStatus.WARN), \
-                    (reason if error else f"skipped: {reason}")
-                values["fallback"] = "skip"
-            st = DiagnosticStatus(level=level, name=f"{self.get_name()}: alignment", message=message,
-                                  hardware_id=header.frame_id,
-                                  values=[KeyValue(key=k, value=str(val)) for k, val in values.items()])
-            self.pub_diag.publish(DiagnosticArray(header=header, status=[st]))
-
-    return AlignNode()
+    return AlignNode(**node_kwargs)
 
 
-def main(args: list[str] | None = None) -> None:
+def run(make_node, activate: bool = False, args: list[str] | None = None) -> None:
+    """Run a node made by ``make_node()`` until SIGINT/SIGTERM, exiting 1 with one
+    ``cannot start:`` line when it cannot be built. ``activate``: a lifecycle node is
+    configured and activated at once (``--activate``), as launch files do with events."""
+    import signal
+
     import rclpy
     import rclpy.logging
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.node import Node
-
-    import signal
-
     from rclpy.signals import SignalHandlerOptions
 
     # rclpy's own SIGINT handler invalidates the context at once, while the worker may be
@@ -307,7 +56,13 @@ def main(args: list[str] | None = None) -> None:
     node = executor = None
     try:
         try:
-            node = build_node(Node)
+            node = make_node()
+            if activate:
+                from rclpy.lifecycle import TransitionCallbackReturn
+
+                for step in (node.trigger_configure, node.trigger_activate):
+                    if step() != TransitionCallbackReturn.SUCCESS:
+                        raise ValueError(f"lifecycle {step.__name__[8:]} failed (see the error above)")
         except (ValueError, FileNotFoundError, ImportError, TypeError) as exc:
             # bad parameters, a missing or corrupt checkpoint/model: say so and exit non-zero
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
@@ -327,6 +82,10 @@ def main(args: list[str] | None = None) -> None:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+
+
+def main(args: list[str] | None = None) -> None:
+    run(build_node, args=args)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> float:
     if a.frames < 1:
         raise SystemExit(f"--frames must be >= 1, got {a.frames}")
 
-    from .ros.loopback import ensure_local_dds
+    from .loopback import ensure_local_dds
 
     ensure_local_dds()
     import torch
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> float:
     from .core.metrics import MAX_DEPTH, depth_metrics, evaluation_mask
     from .data.synthetic import LABELS, SyntheticWorld
     from .ros import conversions as cv
-    from .ros.loopback import LoopbackRig, world_overrides
+    from .loopback import LoopbackRig, world_overrides
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

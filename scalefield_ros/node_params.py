@@ -83,6 +83,8 @@ PARAMS: tuple[Param, ...] = (
           "LiDAR->camera optical frame rotation R as quaternion x, y, z, w (default: x fwd/z up -> optical)"),
     Param("occlusion_kernel", 5, "pixels of the LiDAR occlusion filter window; 0 = off"),
     Param("publish_color", True, "also publish depth/scale_field/color (bgr8) for rviz"),
+    Param("publish_points", False, "also publish depth/points: an organised PointCloud2 (x, y, z float32) in the "
+          "camera optical frame from the metric depth and K, as depth_image_proc makes it", True),
 )
 PARAM_DEFAULTS = {p.name: p.default for p in PARAMS}
 #: Numeric ranges, declared in the parameter descriptors (what `ros2 param describe` shows)
@@ -169,7 +171,7 @@ def validate_param(name: str, value: Any) -> str | None:
 
 
 #: Run-time parameters the node itself (not the pipeline) acts on.
-NODE_RUNTIME = ("publish_uncertainty",)
+NODE_RUNTIME = ("publish_uncertainty", "publish_points")
 
 
 def check_changes(changes: dict[str, Any]) -> str | None:

@@ -323,7 +323,7 @@ def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
     from .core.transforms import matrix_quaternion
-    from .ros.loopback import LoopbackRig, ensure_local_dds
+    from .loopback import LoopbackRig, ensure_local_dds
 
     ensure_local_dds()
     if len(methods) != 1:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rclpy.qos import ReliabilityPolicy
 
 from scalefield_ros.ros import conversions as cv
-from scalefield_ros.ros.loopback import LoopbackRig
-from scalefield_ros.ros.loopback import world_overrides as _overrides
+from scalefield_ros.loopback import LoopbackRig
+from scalefield_ros.loopback import world_overrides as _overrides
 
 
 def world_overrides(world, **extra):
@@ -14,8 +14,8 @@ def world_overrides(world, **extra):
 
 
 class Harness(LoopbackRig):
-    def __init__(self, overrides, reliability=ReliabilityPolicy.BEST_EFFORT) -> None:
-        super().__init__(overrides, sensor_reliable=reliability == ReliabilityPolicy.RELIABLE)
+    def __init__(self, overrides, reliability=ReliabilityPolicy.BEST_EFFORT, lifecycle: bool = False) -> None:
+        super().__init__(overrides, sensor_reliable=reliability == ReliabilityPolicy.RELIABLE, lifecycle=lifecycle)
 
 
 def depth_array(msg):

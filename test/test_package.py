@@ -29,7 +29,8 @@ def test_setup_installs_what_ros2_run_and_launch_need():
     assert "install_scripts=$base/lib/scalefield_ros" in cfg
     assert "share/ament_index/resource_index/packages" in text and (ROOT / "resource/scalefield_ros").is_file()
     assert (ROOT / "launch/align.launch.py").is_file() and (ROOT / "config/align.yaml").is_file()
-    for exe in ("align_node", "demo", "train", "evaluate", "synth", "replay", "bench"):
+    for exe in ("align_node", "align_lifecycle_node", "demo", "train", "evaluate", "synth", "replay", "bench",
+                "export", "calibrate", "stability"):
         assert f'"{exe}":' in text, exe
 
 
@@ -57,12 +58,14 @@ def test_core_imports_no_ros():
 def test_launch_file_with_launch_pytest():
     pytest.importorskip("launch_pytest")
     pytest.importorskip("launch_ros")
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument
     from launch.launch_description_sources import PythonLaunchDescriptionSource
 
     src = PythonLaunchDescriptionSource(str(ROOT / "launch/align.launch.py"))
-    ld = src.get_launch_description(None)
-    names = {a.name for a in ld.entities if hasattr(a, "name")}
-    assert {"params_file", "namespace", "use_sim_time", "device", "method"} <= names
+    ld = src.get_launch_description(LaunchContext())  # real launch needs a context to read the file
+    names = {a.name for a in ld.entities if isinstance(a, DeclareLaunchArgument)}
+    assert {"params_file", "namespace", "use_sim_time", "device", "method", "lifecycle"} <= names
 
 
 def test_colcon_build_installs_what_a_robot_needs(tmp_path):

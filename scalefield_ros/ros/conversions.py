@@ -327,6 +327,24 @@ def make_cloud(types: MsgTypes, points: np.ndarray, header: Any) -> Any:
                              point_step=16, row_step=16 * len(pts), data=types.bytes_field(pts), is_dense=True)
 
 
+def depth_to_points(types: MsgTypes, depth: np.ndarray, K: np.ndarray, header: Any) -> Any:
+    """Metric depth ``(H, W)`` -> organised PointCloud2 (``height`` H, ``width`` W) of float32
+    x, y, z in the camera optical frame: ``x = (u - cx) z / fx``, ``y = (v - cy) z / fy``
+    (as depth_image_proc's point_cloud_xyz). Pixels without a finite depth (NaN, +inf) are
+    NaN points, so the cloud is not dense."""
+    h, w = depth.shape
+    z = np.where(np.isfinite(depth), depth, np.nan).astype(np.float32)
+    u = np.arange(w, dtype=np.float32)[None, :]
+    v = np.arange(h, dtype=np.float32)[:, None]
+    pts = np.empty((h, w, 3), dtype="<f4")
+    pts[..., 0] = (u - K[0, 2]) * z / K[0, 0]
+    pts[..., 1] = (v - K[1, 2]) * z / K[1, 1]
+    pts[..., 2] = z
+    fields = [types.PointField(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate("xyz")]
+    return types.PointCloud2(header=header, height=h, width=w, fields=fields, is_bigendian=False, point_step=12,
+                             row_step=12 * w, data=types.bytes_field(pts), is_dense=bool(np.isfinite(z).all()))
+
+
 def scale_to_color(scale: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     """Colour-map ``s(x)`` on a log axis to ``bgr8`` for rviz; NaN -> black."""
     import cv2

@@ -23,7 +23,9 @@ def ensure_local_dds(domain_id: int = 77) -> None:
 class LoopbackRig:
     """Start ``scalefield_align`` with ``overrides`` and a test I/O node around it."""
 
-    def __init__(self, overrides: list, sensor_reliable: bool = False) -> None:
+    def __init__(self, overrides: list, sensor_reliable: bool = False, lifecycle: bool = False) -> None:
+        """``lifecycle``: host the managed node instead, unconfigured (drive it through its
+        services); the rig then does not wait for the node's subscriptions."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import MultiThreadedExecutor
@@ -31,12 +33,12 @@ class LoopbackRig:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-        from ..align_node import build_node
-        from . import conversions as cv
+        from .ros import conversions as cv
+        from .ros.align import AlignLifecycleNode, AlignNode
 
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
-        self.node = build_node(Node, context=self.ctx, parameter_overrides=overrides)
+        self.node = (AlignLifecycleNode if lifecycle else AlignNode)(context=self.ctx, parameter_overrides=overrides)
         self.io = Node("scalefield_sensor_sim", context=self.ctx)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if sensor_reliable
                          else ReliabilityPolicy.BEST_EFFORT)
@@ -49,6 +51,7 @@ class LoopbackRig:
         self.scale: list = []
         self.color: list = []
         self.uncertainty: list = []
+        self.points: list = []
         self.diag: list = []
         self.received_at: list[float] = []
 
@@ -61,6 +64,7 @@ class LoopbackRig:
         self.io.create_subscription(Image, "depth/scale_field", self.scale.append, 10)
         self.io.create_subscription(Image, "depth/scale_field/color", self.color.append, 10)
         self.io.create_subscription(Image, "depth/metric/uncertainty", self.uncertainty.append, 10)
+        self.io.create_subscription(PointCloud2, "depth/points", self.points.append, 10)
         self.io.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 50)
         self.types = cv.rclpy_types()
         self.executor = MultiThreadedExecutor(num_threads=3, context=self.ctx)
@@ -68,7 +72,11 @@ class LoopbackRig:
         self.executor.add_node(self.io)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
-        ok = self.wait_for(lambda: self.pub_img.get_subscription_count() > 0
+        if lifecycle:
+            return
+        compressed = any(p.name == "image_transport" and p.value == "compressed" for p in overrides)
+        pub_image = self.pub_cimg if compressed else self.pub_img  # the one the node subscribes to
+        ok = self.wait_for(lambda: pub_image.get_subscription_count() > 0
                            and self.pub_cloud.get_subscription_count() > 0
                            and self.node.pub_depth.get_subscription_count() > 0, 15.0)
         if not ok:
@@ -90,8 +98,8 @@ class LoopbackRig:
         """Publish a synthetic frame's image (raw or png), camera info and cloud."""
         from sensor_msgs.msg import CompressedImage
 
-        from ..data.writers import frame_messages
-        from . import conversions as cv
+        from .data.writers import frame_messages
+        from .ros import conversions as cv
 
         msgs = frame_messages(self.types, frame, stamp_ns)
         if cloud_offset_ns:
@@ -107,7 +115,8 @@ class LoopbackRig:
         else:
             self.pub_img.publish(msgs["image"])
         self.pub_info.publish(msgs["camera_info"])
-        self.pub_cloud.publish(msgs["points"])
+        if "points" in msgs:  # a mutate may drop the cloud (a LiDAR that stopped)
+            self.pub_cloud.publish(msgs["points"])
         return msgs
 
     def diag_messages(self) -> list[str]:
@@ -129,7 +138,7 @@ def world_overrides(world, **extra) -> list:
     """Node parameters for a synthetic world: its LiDAR->camera extrinsic and ``extra``."""
     from rclpy.parameter import Parameter
 
-    from ..core.transforms import matrix_quaternion
+    from .core.transforms import matrix_quaternion
 
     t, q = matrix_quaternion(world.T_cam_lidar(0))
     params = {"extrinsic_translation": t, "extrinsic_rotation": q, **extra}
