@@ -1,7 +1,7 @@
 """Launch the scalefield_align node.
 
     ros2 launch scalefield_ros align.launch.py [params_file:=...] [namespace:=...]
-        [use_sim_time:=true] [device:=cuda] [method:=basis] [lifecycle:=true]
+        [use_sim_time:=true] [device:=cuda] [method:=basis] [lifecycle:=true] [large_data_dds:=true]
 
 ``lifecycle:=true`` runs the managed variant (``align_lifecycle_node``), configured and
 activated at start (``--activate``); drive it afterwards with ``ros2 lifecycle set``.
@@ -11,7 +11,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -29,7 +29,13 @@ def generate_launch_description() -> LaunchDescription:
                               description="basis, global, global-scale, piecewise, lwlr, grid or grid-smooth"),
         DeclareLaunchArgument("lifecycle", default_value="false",
                               description="run the managed (lifecycle) node, configured and activated at start"),
+        DeclareLaunchArgument("large_data_dds", default_value="false",
+                              description="Fast DDS profile for large messages (16 MB shared memory; README: DDS "
+                                          "advice); the camera and LiDAR drivers need it too"),
     ]
+    profile = os.path.join(get_package_share_directory("scalefield_ros"), "config", "fastdds_large_data.xml")
+    dds = SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile,
+                                 condition=IfCondition(LaunchConfiguration("large_data_dds")))
     parameters = [
         LaunchConfiguration("params_file"),
         {
@@ -43,4 +49,4 @@ def generate_launch_description() -> LaunchDescription:
     plain = Node(executable="align_node", condition=UnlessCondition(LaunchConfiguration("lifecycle")), **common)
     managed = Node(executable="align_lifecycle_node", arguments=["--activate"],
                    condition=IfCondition(LaunchConfiguration("lifecycle")), **common)
-    return LaunchDescription(args + [plain, managed])
+    return LaunchDescription(args + [dds, plain, managed])

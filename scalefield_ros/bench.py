@@ -284,6 +284,81 @@ def stage_ratios(stages: dict, proj: dict) -> dict:
     return out
 
 
+def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reliable", "best_effort"),
+                 be_rates=(10.0,)) -> dict:
+    """Drive a node running in its own process (as on a robot) over DDS at each offered
+    rate: delivered and dropped frames, latency (publish -> depth received) p50/p95.
+
+    Reliable sensor QoS at every rate in ``rates``; Best-Effort at ``be_rates`` (Fast DDS
+    on one host drops large Best-Effort messages between processes: README, DDS advice).
+    """
+    import subprocess
+    import sys
+
+    from .core.transforms import matrix_quaternion
+    from .data.synthetic import SyntheticWorld
+    from .loopback import LoopbackRig, ensure_local_dds
+    from .ros import conversions as cv
+
+    ensure_local_dds()
+    world = SyntheticWorld("street", 9007)
+    frames = [world.frame(i) for i in range(5)]
+    t, q = matrix_quaternion(world.T_cam_lidar(0))
+    out: dict = {}
+    for qos in qos_list:
+        node = subprocess.Popen([sys.executable, "-m", "scalefield_ros.align_node", "--ros-args", "-p", "device:=cpu",
+                                 "-p", f"qos_reliability:={qos}", "-p", f"extrinsic_translation:={[float(x) for x in t]}",
+                                 "-p", f"extrinsic_rotation:={[float(x) for x in q]}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            rig = LoopbackRig(None, sensor_reliable=qos == "reliable", external=True, discovery_timeout=60.0)
+        except RuntimeError:
+            node.terminate()
+            node.wait(timeout=30)
+            raise
+        stamp = 10**18
+        try:
+            rig.publish(frames[0], stamp_ns=stamp)  # warm-up: first-frame allocations
+            rig.wait_for(lambda: len(rig.depth) > 0, 30.0)
+            def inputs() -> dict:
+                """The node's own counts (its 1 Hz input status): what DDS delivered to it."""
+                st = [x for d in rig.diag for x in d.status if x.name.endswith(": inputs")]
+                vals = {kv.key: kv.value for kv in st[-1].values} if st else {}
+                return {k: int(vals.get(f"{k}_received", 0)) for k in ("image", "cloud")} | {
+                    "synchronised": int(vals.get("synchronised", 0))}
+
+            for rate in (rates if qos == "reliable" else be_rates):
+                rig.wait_for(lambda: False, 1.2)  # a fresh input status before
+                before = inputs()
+                sent: dict[int, float] = {}
+                first = len(rig.depth)
+                n = int(round(rate * seconds))
+                t0 = time.perf_counter()
+                for i in range(n):
+                    while time.perf_counter() < t0 + i / rate:
+                        time.sleep(0.0005)
+                    stamp += int(1e9 / rate)
+                    sent[stamp] = time.perf_counter()
+                    rig.publish(frames[i % len(frames)], stamp_ns=stamp)
+                rig.wait_for(lambda: False, 2.0)  # stragglers and a fresh input status
+                after = inputs()
+                got = [(cv.stamp_ns(m.header), r) for m, r in zip(rig.depth[first:], rig.received_at[first:])]
+                lat = [1000 * (r - sent[s]) for s, r in got if s in sent]
+                out.setdefault(qos, {})[f"{rate:g}"] = {
+                    "offered": n, "delivered": len(lat), "dropped": n - len(lat),
+                    "node_received_images": after["image"] - before["image"],
+                    "node_received_clouds": after["cloud"] - before["cloud"],
+                    "node_synchronised": after["synchronised"] - before["synchronised"],
+                    "latency_p50_ms": float(np.percentile(lat, 50)) if lat else float("nan"),
+                    "latency_p95_ms": float(np.percentile(lat, 95)) if lat else float("nan")}
+                print(f"offered {rate:g} Hz ({qos}): delivered {len(lat)}/{n}", flush=True)
+        finally:
+            rig.close()
+            node.terminate()
+            node.wait(timeout=30)
+    return out
+
+
 def onnx_generator(gen):
     """The K=30 generator exported to ONNX in a temporary folder and loaded in ONNX Runtime
     (None without onnxruntime/onnxscript): its time is reported beside torch's."""
@@ -361,6 +436,14 @@ def generator_cost(device: torch.device, warm: int = 1, reps: int = 3, k: int = 
     return out
 
 
+def _write_mode(out: Path, name: str, doc: dict, lines: list[str]) -> dict:
+    """``out/name.json`` and the table ``out/name.md`` of a single-purpose bench mode."""
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=2))
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print((out / f"{name}.md").read_text())
+    return doc
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 warm-up, 3 repeats (< 3 min on 2 cores)")
@@ -370,27 +453,40 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--generator-cost", action="store_true",
                    help="only the generator's training-step and inference time per MDE feature size "
                         "(56x80, 112x160, 224x320, ViT 37x37x384), at F's grid and at the work_pixels grid")
+    p.add_argument("--offered-load", action="store_true",
+                   help="only the node over DDS (own process) at 10/20/30 Hz offered, reliable QoS, and at 10 Hz "
+                        "Best-Effort: delivered and dropped frames, latency p50/p95 (writes offered_load.json/.md)")
     add_threads_argument(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.offered_load:
+        import os
+
+        doc = {"machine": machine(), "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
+               "offered_load": offered_load(seconds=2.0 if a.quick else 5.0)}
+        lines = ["| QoS | offered (Hz) | frames | images / clouds reaching the node | synchronised | published "
+                 "| dropped | latency p50 (ms) | latency p95 (ms) |", "|---|---|---|---|---|---|---|---|---|"]
+        for qos, rows in doc["offered_load"].items():
+            for rate, r in rows.items():
+                lines.append(f"| {qos} | {rate} | {r['offered']} | {r['node_received_images']} / "
+                             f"{r['node_received_clouds']} | {r['node_synchronised']} | {r['delivered']} | "
+                             f"{r['dropped']} | {r['latency_p50_ms']:.0f} | {r['latency_p95_ms']:.0f} |")
+        return _write_mode(out, "offered_load", doc, lines)
     if a.generator_cost:
         from .mde.backends import resolve_device
 
         dev = resolve_device(a.device)
         doc = {"device": str(dev), "machine": platform.processor() or platform.machine(),
                "generator_cost": generator_cost(dev, 1, 2 if a.quick else 3)}
-        (out / "generator_cost.json").write_text(json.dumps(doc, indent=2))
         lines = ["| F | grid before | train step before (ms) | inference before (ms) | grid after | "
                  "train step after (ms) | inference after (ms) |", "|---" * 7 + "|"]
         for name, r in doc["generator_cost"].items():
             lines.append(f"| {name} | {r['native_grid'][0]}x{r['native_grid'][1]} | {r['native_train_step_ms']:.0f} | "
                          f"{r['native_inference_ms']:.0f} | {r['work_pixels_grid'][0]}x{r['work_pixels_grid'][1]} | "
                          f"{r['work_pixels_train_step_ms']:.0f} | {r['work_pixels_inference_ms']:.0f} |")
-        (out / "generator_cost.md").write_text("\n".join(lines) + "\n")
-        print((out / "generator_cost.md").read_text())
-        return doc
+        return _write_mode(out, "generator_cost", doc, lines)
     doc = run(a)
     (out / "bench.json").write_text(json.dumps(doc, indent=2))
     write_report(out, doc)

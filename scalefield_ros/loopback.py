@@ -23,9 +23,12 @@ def ensure_local_dds(domain_id: int = 77) -> None:
 class LoopbackRig:
     """Start ``scalefield_align`` with ``overrides`` and a test I/O node around it."""
 
-    def __init__(self, overrides: list, sensor_reliable: bool = False, lifecycle: bool = False) -> None:
+    def __init__(self, overrides: list | None, sensor_reliable: bool = False, lifecycle: bool = False,
+                 external: bool = False, namespace: str = "", discovery_timeout: float = 15.0) -> None:
         """``lifecycle``: host the managed node instead, unconfigured (drive it through its
-        services); the rig then does not wait for the node's subscriptions."""
+        services); the rig then does not wait for the node's subscriptions. ``external``:
+        no node here: talk to one already running (on the robot, under ``ros2 launch``) in
+        ``namespace``, waiting ``discovery_timeout`` seconds for it."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import MultiThreadedExecutor
@@ -38,8 +41,9 @@ class LoopbackRig:
 
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
-        self.node = (AlignLifecycleNode if lifecycle else AlignNode)(context=self.ctx, parameter_overrides=overrides)
-        self.io = Node("scalefield_sensor_sim", context=self.ctx)
+        self.node = None if external else (AlignLifecycleNode if lifecycle else AlignNode)(
+            context=self.ctx, parameter_overrides=overrides)
+        self.io = Node("scalefield_sensor_sim", namespace=namespace or None, context=self.ctx)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if sensor_reliable
                          else ReliabilityPolicy.BEST_EFFORT)
         self.pub_img = self.io.create_publisher(Image, "camera/image_raw", qos)
@@ -68,21 +72,37 @@ class LoopbackRig:
         self.io.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 50)
         self.types = cv.rclpy_types()
         self.executor = MultiThreadedExecutor(num_threads=3, context=self.ctx)
-        self.executor.add_node(self.node)
+        if self.node is not None:
+            self.executor.add_node(self.node)
         self.executor.add_node(self.io)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
         if lifecycle:
             return
+        if external:
+            ok = self.wait_for(lambda: (self.pub_img.get_subscription_count() > 0
+                                        or self.pub_cimg.get_subscription_count() > 0)
+                               and self.pub_cloud.get_subscription_count() > 0
+                               and self.io.count_publishers(self.io.resolve_topic_name("depth/metric")) > 0,
+                               discovery_timeout)
+            if not ok:
+                msg = (f"no align node found in {discovery_timeout:.0f} s: nothing subscribes to "
+                       f"{self.io.resolve_topic_name('camera/image_raw')} and "
+                       f"{self.io.resolve_topic_name('lidar/points')} and publishes "
+                       f"{self.io.resolve_topic_name('depth/metric')}; start it (ros2 launch scalefield_ros "
+                       "align.launch.py), pass its namespace, and check ROS_DOMAIN_ID")
+                self.close()
+                raise RuntimeError(msg)
+            return
         compressed = any(p.name == "image_transport" and p.value == "compressed" for p in overrides)
         pub_image = self.pub_cimg if compressed else self.pub_img  # the one the node subscribes to
         ok = self.wait_for(lambda: pub_image.get_subscription_count() > 0
                            and self.pub_cloud.get_subscription_count() > 0
-                           and self.node.pub_depth.get_subscription_count() > 0, 15.0)
+                           and self.node.pub_depth.get_subscription_count() > 0, discovery_timeout)
         if not ok:
             self.close()
             raise RuntimeError("DDS discovery between the align node and the sensor publisher did not complete "
-                               "in 15 s; check ROS_DOMAIN_ID / ROS_AUTOMATIC_DISCOVERY_RANGE")
+                               f"in {discovery_timeout:.0f} s; check ROS_DOMAIN_ID / ROS_AUTOMATIC_DISCOVERY_RANGE")
 
     @staticmethod
     def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
@@ -126,8 +146,9 @@ class LoopbackRig:
         import rclpy
 
         self.executor.shutdown()
-        self.node.stop()
-        self.node.destroy_node()
+        if self.node is not None:
+            self.node.stop()
+            self.node.destroy_node()
         self.io.destroy_node()
         if self.ctx.ok():
             rclpy.shutdown(context=self.ctx)

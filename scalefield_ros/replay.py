@@ -318,7 +318,9 @@ def evaluate_frame(pipe: MetricDepthPipeline, frames: BagFrames, fs: FrameSet, m
 
 
 def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
-    """Publish the bag over DDS to an align node (started here, as robots run it) and score its output."""
+    """Publish the bag over DDS to an align node and score its output: one started here
+    (``--live``), or one already running (``--live external``, on the robot or under
+    ``ros2 launch``; its own parameters apply)."""
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
@@ -326,7 +328,8 @@ def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
     from .loopback import LoopbackRig, ensure_local_dds
 
     ensure_local_dds()
-    if len(methods) != 1:
+    external = args.live == "external"
+    if len(methods) != 1 and not external:
         raise ReplayError("--live evaluates the node's one method; give exactly one in --methods")
     if not frames.gt_topic:
         raise ReplayError("--live needs a ground-truth depth topic in the bag (--gt-topic)")
@@ -345,7 +348,13 @@ def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
                  Parameter("image_transport", value="compressed" if frames.compressed else "raw"),
                  Parameter("qos_reliability", value="reliable"), Parameter("qos_depth", value=50),
                  Parameter("tuned_baselines", value=replay_tuned(args))]
-    rig = LoopbackRig(overrides, sensor_reliable=True)
+    try:
+        rig = LoopbackRig(None if external else overrides, sensor_reliable=True, external=external,
+                          namespace=args.namespace, discovery_timeout=args.discovery_timeout if external else 15.0)
+    except RuntimeError as exc:
+        raise ReplayError(str(exc)) from None
+    if external:
+        methods = ["node"]  # whatever the running node is set to (its parameters, not ours)
     writer = ResultWriter(Path(args.out))
     img_type = CompressedImage if frames.compressed else Image
     pub_img = rig.pub_cimg if frames.compressed else rig.pub_img
@@ -379,7 +388,8 @@ def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
             writer.add(cv.stamp_ns(msg.header), methods[0], anchors, met, 1000 * (rig.received_at[-1] - sent), "")
     finally:
         rig.close()
-    writer.finish({"bag": str(frames.bag), "ground_truth": "gt-topic", "mode": "live", "error": frames.error})
+    writer.finish({"bag": str(frames.bag), "ground_truth": "gt-topic", "mode": "live external" if external else "live",
+                   "error": frames.error})
     print((Path(args.out) / "summary.md").read_text())
     return 2 if frames.error else 0
 
@@ -411,7 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--write-bag", help="write the aligned output (.mcap or .db3) for rviz/Foxglove")
     p.add_argument("--write-method", help="method whose output --write-bag writes (default: the first)")
-    p.add_argument("--live", action="store_true", help="publish over DDS to an align node and score its output")
+    p.add_argument("--live", nargs="?", const="here", choices=["here", "external"],
+                   help="publish over DDS to an align node and score its output: one started here (--live), or "
+                   "one already running, e.g. under ros2 launch (--live external; with reliable sensor QoS)")
+    p.add_argument("--namespace", default="", help="--live external: the running node's namespace")
+    p.add_argument("--discovery-timeout", type=float, default=30.0,
+                   help="--live external: seconds to wait for the running node")
     p.add_argument("--rate", type=float, default=1.0, help="--live playback speed factor")
     add_threads_argument(p)
     a = p.parse_args(argv)

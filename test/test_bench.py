@@ -43,3 +43,26 @@ def test_generator_cost_table(tmp_path, monkeypatch):
         h, w = r["work_pixels_grid"]
         assert abs(h * w - 8192) < 0.1 * 8192 or h * w == 56 * 80 or h * w == 126 * 126
     assert (tmp_path / "generator_cost.md").is_file()
+
+
+def test_large_data_dds_profile_delivers_best_effort_frames_between_processes(tmp_path):
+    """config/fastdds_large_data.xml: a node in its own process gets every Best-Effort image
+    and cloud (the default transport loses about half of them on one host: README)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("rclpy")
+    xml = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_data.xml"
+    code = ("import json; from scalefield_ros.bench import offered_load; "
+            "print(json.dumps(offered_load(rates=(), qos_list=('best_effort',), be_rates=(5.0,), seconds=2.0)))")
+    env = {**os.environ, "FASTDDS_DEFAULT_PROFILES_FILE": str(xml), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])["best_effort"]["5"]
+    assert res["offered"] == 10
+    assert res["node_received_images"] == 10 and res["node_received_clouds"] == 10, res
+    assert res["delivered"] >= 8, res

@@ -65,7 +65,7 @@ def test_launch_file_with_launch_pytest():
     src = PythonLaunchDescriptionSource(str(ROOT / "launch/align.launch.py"))
     ld = src.get_launch_description(LaunchContext())  # real launch needs a context to read the file
     names = {a.name for a in ld.entities if isinstance(a, DeclareLaunchArgument)}
-    assert {"params_file", "namespace", "use_sim_time", "device", "method", "lifecycle"} <= names
+    assert {"params_file", "namespace", "use_sim_time", "device", "method", "lifecycle", "large_data_dds"} <= names
 
 
 def test_colcon_build_installs_what_a_robot_needs(tmp_path):

@@ -59,6 +59,38 @@ def test_offline_and_live_replay_agree(bags, tmp_path):
             assert abs(float(a[k]) - float(b[k])) < 1e-4, (k, a, b)
 
 
+def test_live_external_feeds_a_node_that_is_already_running(bags, tmp_path):
+    """--live external: the node runs in its own process (as under ros2 launch), in a namespace."""
+    pytest.importorskip("rclpy")
+    import subprocess
+    import sys
+
+    from scalefield_ros.core.transforms import matrix_quaternion
+
+    t, q = matrix_quaternion(SyntheticWorld("street", 9006).T_cam_lidar(0))
+    node = subprocess.Popen([sys.executable, "-m", "scalefield_ros.align_node", "--ros-args", "-r", "__ns:=/front",
+                             "-p", "device:=cpu", "-p", "qos_reliability:=reliable",
+                             "-p", f"extrinsic_translation:={[float(x) for x in t]}",
+                             "-p", f"extrinsic_rotation:={[float(x) for x in q]}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        bag = str(bags[".mcap"])
+        assert replay.main([bag, "--methods", "basis", "--out", str(tmp_path / "off"), "--device", "cpu"]) == 0
+        assert replay.main([bag, "--out", str(tmp_path / "ext"), "--live", "external", "--namespace", "/front",
+                            "--rate", "5"]) == 0
+        off, ext = _rows(tmp_path / "off"), _rows(tmp_path / "ext")
+        assert len(ext) == 3 and ext[0]["method"] == "node"
+        for a, b in zip(off, ext):  # the running node computes what replay computes offline
+            assert a["stamp"] == b["stamp"] and abs(float(a["abs_rel"]) - float(b["abs_rel"])) < 1e-4
+        # no node in that namespace: a clear error, not a hang
+        assert replay.main([bag, "--out", str(tmp_path / "none"), "--live", "external", "--namespace", "/nobody",
+                            "--discovery-timeout", "3"]) == 2
+        assert "no align node found" in json.loads((tmp_path / "none" / "summary.json").read_text())["error"]
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+
+
 def test_held_out_lidar_is_never_used_as_anchors(bags, tmp_path, frames):
 
     from scalefield_ros.pipeline import MetricDepthPipeline, PipelineConfig
