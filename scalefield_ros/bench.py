@@ -342,6 +342,15 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
                     rig.publish(frames[i % len(frames)], stamp_ns=stamp)
                 rig.wait_for(lambda: False, 2.0)  # stragglers and a fresh input status
                 after = inputs()
+                overhead = []  # the node's own per-frame measure (diagnostics): time outside the stages
+                for d in rig.diag:
+                    for x in d.status:
+                        vals = {kv.key: kv.value for kv in x.values}
+                        if x.name.endswith(": alignment") and "latency_overhead_ms" in vals and \
+                                cv.stamp_ns(d.header) in sent:
+                            stages = sum(float(v) for k, v in vals.items() if k.startswith("latency_")
+                                         and k not in ("latency_total_ms", "latency_overhead_ms"))
+                            overhead.append((float(vals["latency_overhead_ms"]), stages))
                 got = [(cv.stamp_ns(m.header), r) for m, r in zip(rig.depth[first:], rig.received_at[first:])]
                 lat = [1000 * (r - sent[s]) for s, r in got if s in sent]
                 out.setdefault(qos, {})[f"{rate:g}"] = {
@@ -349,6 +358,9 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
                     "node_received_images": after["image"] - before["image"],
                     "node_received_clouds": after["cloud"] - before["cloud"],
                     "node_synchronised": after["synchronised"] - before["synchronised"],
+                    "overhead_ms": float(np.median([o for o, _ in overhead])) if overhead else float("nan"),
+                    "overhead_over_stages": float(np.median([o / max(st, 1e-9) for o, st in overhead]))
+                    if overhead else float("nan"),
                     "latency_p50_ms": float(np.percentile(lat, 50)) if lat else float("nan"),
                     "latency_p95_ms": float(np.percentile(lat, 95)) if lat else float("nan")}
                 print(f"offered {rate:g} Hz ({qos}): delivered {len(lat)}/{n}", flush=True)
@@ -467,12 +479,14 @@ def main(argv: list[str] | None = None) -> dict:
         doc = {"machine": machine(), "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
                "offered_load": offered_load(seconds=2.0 if a.quick else 5.0)}
         lines = ["| QoS | offered (Hz) | frames | images / clouds reaching the node | synchronised | published "
-                 "| dropped | latency p50 (ms) | latency p95 (ms) |", "|---|---|---|---|---|---|---|---|---|"]
+                 "| dropped | latency p50 (ms) | latency p95 (ms) | node overhead (ms; / stages) |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for qos, rows in doc["offered_load"].items():
             for rate, r in rows.items():
                 lines.append(f"| {qos} | {rate} | {r['offered']} | {r['node_received_images']} / "
                              f"{r['node_received_clouds']} | {r['node_synchronised']} | {r['delivered']} | "
-                             f"{r['dropped']} | {r['latency_p50_ms']:.0f} | {r['latency_p95_ms']:.0f} |")
+                             f"{r['dropped']} | {r['latency_p50_ms']:.0f} | {r['latency_p95_ms']:.0f} | "
+                             f"{r['overhead_ms']:.1f}; {r['overhead_over_stages']:.2f} |")
         return _write_mode(out, "offered_load", doc, lines)
     if a.generator_cost:
         from .mde.backends import resolve_device
