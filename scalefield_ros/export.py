@@ -2,7 +2,8 @@
 
     python -m scalefield_ros.export [--checkpoint PATH] [--out PATH.onnx]
 
-Writes ``PATH.onnx`` (default: beside the checkpoint, ``<checkpoint>.onnx``): the
+Writes ``PATH.onnx`` (default: ``<checkpoint>.onnx`` beside your checkpoint; for the
+shipped one, the user cache where ``generator_backend: onnx`` looks, not the install): the
 generator's trunk and heads, input ``x`` ``(B, C + 5, h, w)`` with B, h, w dynamic (the
 generator's input X(x) = [F, log D, grad log D, coordinates] at its working grid), output
 ``E`` ``(B, K, h, w)`` (the basis maps, eq 19). Assembling X has no weights and costs
@@ -183,11 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="", help="generator checkpoint (default: the node's shipped one)")
-    p.add_argument("--out", default="", help="ONNX file to write (default: <checkpoint>.onnx)")
+    p.add_argument("--out", default="", help="ONNX file to write (default: <checkpoint>.onnx; for the shipped "
+                   "generator, the user cache that generator_backend onnx reads)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against torch")
     a = p.parse_args(argv)
     ckpt = a.checkpoint or default_checkpoint("lidar")
-    out = Path(a.out) if a.out else onnx_path_for(ckpt)
+    out = Path(a.out) if a.out else (onnx_path_for(ckpt) if a.checkpoint else cached_onnx_path(ckpt))
     try:
         gen = load_generator(ckpt)
         export_generator(gen, out)
