@@ -50,6 +50,11 @@ STALE_WINDOW_NS = 5_000_000_000
 STATUS_PERIOD = 1.0
 
 
+def _listened(pub) -> bool:
+    """Someone subscribes to ``pub`` (a bag recorder counts)."""
+    return pub.get_subscription_count() > 0
+
+
 def reason_kind(reason: str) -> str:
     """A short key for why a frame was not published (diagnostics ``dropped_<kind>``)."""
     for key, kind in (("stale", "stale"), ("disagree", "sanity_gate"), ("anchor", "anchors"), ("cloud", "cloud"),
@@ -302,12 +307,15 @@ class AlignCore:
         self.pub_depth.publish(cv.array_to_image(self.types, out.depth, "32FC1", img.header))
         info.header = img.header
         self.pub_info.publish(info)
-        self.pub_scale.publish(cv.array_to_image(self.types, out.scale.astype(np.float32), "32FC1", img.header))
-        if self.publish_uncertainty and out.sigma is not None:
+        # The other outputs are built only when someone listens (rviz, a planner): the
+        # conversions and the colour map are most of the node's time outside the stages.
+        if _listened(self.pub_scale):
+            self.pub_scale.publish(cv.array_to_image(self.types, out.scale.astype(np.float32), "32FC1", img.header))
+        if self.publish_uncertainty and out.sigma is not None and _listened(self.pub_unc):
             self.pub_unc.publish(cv.array_to_image(self.types, out.sigma, "32FC1", img.header))
-        if self.publish_points:
+        if self.publish_points and _listened(self.pub_points):
             self.pub_points.publish(cv.depth_to_points(self.types, out.depth, cam.K, img.header))
-        if self.publish_color:
+        if self.publish_color and _listened(self.pub_color):
             self.pub_color.publish(cv.array_to_image(self.types, cv.scale_to_color(out.scale), "bgr8", img.header))
         self.frames_done += 1
         if out.fallback:
