@@ -244,11 +244,12 @@ def project_points(
     # test drops them first; every other test runs on the rest, with one compaction at the
     # end (boolean indexing copies, and with 100k+ points copies cost more than arithmetic).
     front = torch.nonzero(pts[:, :3] @ T[2, :3] + T[2, 3] > min_depth).squeeze(1)
-    cam = torch.addmm(T[:3, 3], pts.index_select(0, front)[:, :3], T[:3, :3].T)
-    z = cam[:, 2]
-    zs = torch.where(z > min_depth, z, torch.ones_like(z))  # no division by ~0 behind the camera
-    u = torch.round((Km[0, 0] * cam[:, 0] + Km[0, 1] * cam[:, 1]) / zs + Km[0, 2])
-    v = torch.round(Km[1, 1] * cam[:, 1] / zs + Km[1, 2])
+    P = Km @ T[:3]  # K [R | t]: one 3 x 4 product gives (z u, z v, z) per point
+    img = torch.addmm(P[:, 3], pts.index_select(0, front)[:, :3], P[:, :3].T)
+    z = img[:, 2]
+    inv = torch.reciprocal(z)  # z > min_depth > 0 for every point left
+    u = torch.round(img[:, 0] * inv)
+    v = torch.round(img[:, 1] * inv)
     ok = (z > min_depth) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)  # NaN fails every test
     keep = ok & occlusion_filter(torch.stack([u, v], 1), z, image_size, occlusion_kernel, occlusion_rel, valid=ok)
     idx = torch.nonzero(keep).squeeze(1)
