@@ -74,6 +74,15 @@ def _cell_centres(hs: int, ws: int, stride: int, device: torch.device) -> torch.
     return _CELLS[key]
 
 
+def _anchor_residuals(depth: torch.Tensor, z: torch.Tensor, ui: torch.Tensor, vi: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Aligned depth at the anchors, which anchors have one, and their log residuals log(z / D)."""
+    b, _, w = depth.shape
+    at = torch.gather(depth.reshape(b, -1), 1, vi * w + ui)
+    ok = mask & torch.isfinite(at) & (at > 0)
+    return at, ok, torch.where(ok, torch.log(z / at.clamp_min(1e-6)), torch.zeros_like(z))
+
+
 def coarse_size(size: tuple[int, int]) -> tuple[int, int]:
     """The grid the smooth terms are combined on before one upsampling (stride 4)."""
     return -(-size[0] // 4), -(-size[1] // 4)
@@ -167,9 +176,7 @@ def _full_variance(method, result, mde, uv, z, mask, options, out):
         e = result.extras["basis"]
         var = sol.log_variance(e.double()).float()
         return F.interpolate(var.unsqueeze(1), size=out or (h, w), mode="bilinear", align_corners=False)[:, 0]
-    at = torch.gather(depth.reshape(b, -1), 1, vi * w + ui)
-    ok = m & torch.isfinite(at) & (at > 0)
-    resid = torch.where(ok, torch.log(z / at.clamp_min(1e-6)), torch.zeros_like(z))
+    at, ok, resid = _anchor_residuals(depth, z, ui, vi, m)
     n = ok.sum(1).float()
     if method == "global" and "shift" in result.extras:
         d_at = torch.gather(mde.reshape(b, -1), 1, vi * w + ui).double()
@@ -240,9 +247,7 @@ def uncertainty_features(method: str, result, mde: torch.Tensor, uv: torch.Tenso
     if "post" in needed:
         out["post"] = method_log_variance(method, result, mde_b, uv_b, z_b, m, options, out=grid)
     if "local" in needed:
-        at = torch.gather(depth.reshape(b, -1), 1, vi * w + ui)
-        ok = m & torch.isfinite(at) & (at > 0)
-        resid = torch.where(ok, torch.log(z_b / at.clamp_min(1e-6)), torch.zeros_like(z_b))
+        _, ok, resid = _anchor_residuals(depth, z_b, ui, vi, m)
         out["local"] = local_log_variance(uv_b, resid, ok, (h, w), LOCAL_RESIDUAL_BANDWIDTH, dof=0.0, out=grid)
     if "dist" in needed:
         out["dist"] = anchor_distance(uv_b, m, (h, w), out=grid)
