@@ -184,10 +184,10 @@ def _running(img: torch.Tensor, k: int, dim: int, op) -> torch.Tensor:
         if s >= n:
             break
         lo, hi = img.narrow(dim, 0, n - s), img.narrow(dim, s, n - s)
-        a = out.narrow(dim, s, n - s)  # out[i] with the neighbour i - s
-        a.copy_(op(a, lo))
+        a = out.narrow(dim, s, n - s)  # out[i] with the neighbour i - s, in place
+        op(a, lo, out=a)
         b = out.narrow(dim, 0, n - s)  # out[i] with the neighbour i + s
-        b.copy_(op(b, hi))
+        op(b, hi, out=b)
     return out
 
 
@@ -240,30 +240,37 @@ def project_points(
     Km = torch.as_tensor(K, dtype=torch.float32, device=dev)
     if pts.dim() != 2 or pts.shape[1] < 3:
         raise ValueError(f"points must be (N, 3) or wider, got {tuple(pts.shape)}")
-    # A spinning LiDAR puts half or more of its points behind the camera: one cheap depth
-    # test drops them first; every other test runs on the rest, with one compaction at the
-    # end (boolean indexing copies, and with 100k+ points copies cost more than arithmetic).
-    front = torch.nonzero(pts[:, :3] @ T[2, :3] + T[2, 3] > min_depth).squeeze(1)
     P = Km @ T[:3]  # K [R | t]: one 3 x 4 product gives (z u, z v, z) per point
-    img = torch.addmm(P[:, 3], pts.index_select(0, front)[:, :3], P[:, :3].T)
-    z = img[:, 2]
-    inv = torch.reciprocal(z)  # z > min_depth > 0 for every point left
-    u = torch.round(img[:, 0] * inv)
-    v = torch.round(img[:, 1] * inv)
+    # (3, 3) @ (3, N) rather than (N, 3) @ (3, 3): BLAS handles the wide product several
+    # times faster, and each output row (z u, z v, z) comes out contiguous.
+    img = torch.addmm(P[:, 3:], P[:, :3], pts[:, :3].T)
+    z = img[2]
+    inv = torch.reciprocal(z)  # z <= 0 or NaN gives a u, v that fails a test below
+    u = torch.round(img[0] * inv)
+    v = torch.round(img[1] * inv)
     ok = (z > min_depth) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)  # NaN fails every test
-    keep = ok & occlusion_filter(torch.stack([u, v], 1), z, image_size, occlusion_kernel, occlusion_rel, valid=ok)
-    idx = torch.nonzero(keep).squeeze(1)
-    out = (torch.stack([u[idx], v[idx]], 1), z[idx])
-    return out + (front[idx],) if return_index else out
+    # One compaction to the points inside the image (a fraction of a spinning LiDAR's
+    # scan): the occlusion filter then works on those alone.
+    idx = torch.nonzero(ok).squeeze(1)
+    u, v, z = u[idx], v[idx], z[idx]
+    keep = torch.nonzero(occlusion_filter((u, v), z, image_size, occlusion_kernel, occlusion_rel)).squeeze(1)
+    idx = idx[keep]
+    out = (torch.stack([u[keep], v[keep]], 1), z[keep])
+    return out + (idx,) if return_index else out
 
 
-def occlusion_filter(uv: torch.Tensor, z: torch.Tensor, image_size: tuple[int, int], kernel: int = 5,
-                     rel: float = 0.1, valid: torch.Tensor | None = None) -> torch.Tensor:
+_NO_POINT = torch.iinfo(torch.int64).max
+
+
+def occlusion_filter(uv: torch.Tensor | tuple[torch.Tensor, torch.Tensor], z: torch.Tensor,
+                     image_size: tuple[int, int], kernel: int = 5, rel: float = 0.1,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
     """Which projected points to keep: the nearest per pixel, and (``kernel > 1``) none with a
     point in its k x k neighbourhood more than ``rel`` nearer (see-through background).
 
     Args:
-        uv: ``(M, 2)`` integer-valued pixel coordinates (inside the image where ``valid``).
+        uv: ``(M, 2)`` integer-valued pixel coordinates (inside the image where ``valid``),
+            or the pair ``(u, v)`` of ``(M,)`` tensors.
         z: ``(M,)`` positive depths.
         valid: optional ``(M,)`` points to consider (others are never kept and never occlude).
 
@@ -275,22 +282,31 @@ def occlusion_filter(uv: torch.Tensor, z: torch.Tensor, image_size: tuple[int, i
     n = z.numel()
     if n == 0:
         return torch.zeros(0, dtype=torch.bool, device=dev)
-    if valid is None:
-        valid = torch.ones(n, dtype=torch.bool, device=dev)
-    lin = torch.where(valid, uv[:, 1].long() * w + uv[:, 0].long(), torch.full((n,), h * w, device=dev,
-                                                                                  dtype=torch.long))
+    u, v = uv if isinstance(uv, tuple) else uv.unbind(1)
+    if valid is not None:  # drop the others here, scatter the answer back at the end
+        sel = torch.nonzero(valid).squeeze(1)
+        out = torch.zeros(n, dtype=torch.bool, device=dev)
+        out[sel] = occlusion_filter((u[sel], v[sel]), z[sel], image_size, kernel, rel)
+        return out
+    r = int(kernel) // 2 if kernel > 1 else 0
+    vi, ui = v.long(), u.long()
+    # Only the image rows the points reach (plus the window's margin) take part: a LiDAR's
+    # vertical field of view usually covers a band of the camera's.
+    v0 = max(int(vi.min()) - r, 0)
+    rows = min(int(vi.max()) + r + 1, h) - v0
+    lin = (vi - v0) * w + ui
     # Nearest per pixel, ties to the first point, in one scatter: for positive floats the
     # IEEE bit pattern orders like the value, so (bits << 32 | index) orders by (z, index).
-    key = (z.float().contiguous().view(torch.int32).to(torch.int64) << 32) | torch.arange(n, device=dev)
-    best = torch.full((h * w + 1,), torch.iinfo(torch.int64).max, device=dev, dtype=torch.long)
+    zf = z.float().contiguous()
+    key = (zf.view(torch.int32).to(torch.int64) << 32) | torch.arange(n, device=dev)
+    best = torch.full((rows * w,), _NO_POINT, device=dev, dtype=torch.long)
     best.scatter_reduce_(0, lin, key, reduce="amin")
-    keep = valid & (best[lin] == key)
-    if kernel > 1:
-        zbuf = (best[: h * w] >> 32).to(torch.int32).view(torch.float32)  # nearest depth per pixel
-        empty = best[: h * w] == torch.iinfo(torch.int64).max
-        img = torch.where(empty, torch.full_like(zbuf, 1e9), zbuf).view(h, w)
-        local_min = window_min(img, int(kernel) | 1)
-        keep &= z <= local_min.view(-1)[lin.clamp(max=h * w - 1)] * (1.0 + rel)
+    keep = best[lin] == key
+    if r:
+        # The depth buffer by a float scatter of its own: cheaper than decoding ``best``.
+        zbuf = torch.full((rows, w), 1e9, device=dev, dtype=torch.float32)
+        zbuf.view(-1).scatter_reduce_(0, lin, zf, reduce="amin")
+        keep &= zf <= window_min(zbuf, 2 * r + 1).view(-1)[lin] * (1.0 + rel)
     return keep
 
 
