@@ -343,14 +343,18 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
                 rig.wait_for(lambda: False, 2.0)  # stragglers and a fresh input status
                 after = inputs()
                 overhead = []  # the node's own per-frame measure (diagnostics): time outside the stages
+                parts: dict[str, list[float]] = {}  # ... split into decode, publish, diagnostics
                 for d in rig.diag:
                     for x in d.status:
                         vals = {kv.key: kv.value for kv in x.values}
                         if x.name.endswith(": alignment") and "latency_overhead_ms" in vals and \
                                 cv.stamp_ns(d.header) in sent:
                             stages = sum(float(v) for k, v in vals.items() if k.startswith("latency_")
-                                         and k not in ("latency_total_ms", "latency_overhead_ms"))
+                                         and not k.startswith(("latency_total", "latency_overhead")))
                             overhead.append((float(vals["latency_overhead_ms"]), stages))
+                            for k, v in vals.items():
+                                if k.startswith("latency_overhead_") and k != "latency_overhead_ms":
+                                    parts.setdefault(k[len("latency_overhead_"):-3], []).append(float(v))
                 got = [(cv.stamp_ns(m.header), r) for m, r in zip(rig.depth[first:], rig.received_at[first:])]
                 lat = [1000 * (r - sent[s]) for s, r in got if s in sent]
                 out.setdefault(qos, {})[f"{rate:g}"] = {
@@ -361,6 +365,8 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
                     "overhead_ms": float(np.median([o for o, _ in overhead])) if overhead else float("nan"),
                     "overhead_over_stages": float(np.median([o / max(st, 1e-9) for o, st in overhead]))
                     if overhead else float("nan"),
+                    "overhead_parts_ms": {k: float(np.median(v)) for k, v in parts.items()},
+                    "stages_ms": float(np.median([st for _, st in overhead])) if overhead else float("nan"),
                     "latency_p50_ms": float(np.percentile(lat, 50)) if lat else float("nan"),
                     "latency_p95_ms": float(np.percentile(lat, 95)) if lat else float("nan")}
                 print(f"offered {rate:g} Hz ({qos}): delivered {len(lat)}/{n}", flush=True)

@@ -67,6 +67,10 @@ def test_metric_depth_over_dds_matches_ground_truth(harness):
     for k in ("latency_projection_ms", "latency_mde_ms", "latency_generator_ms", "latency_solve_ms",
               "latency_apply_ms", "anchors", "log_residual", "frames_dropped", "fallback"):
         assert k in keys, keys
+    # the node's own time around the stages, and its parts
+    parts = [float(keys[f"latency_overhead_{p}_ms"]) for p in ("decode", "publish", "diagnostics")]
+    assert all(x >= 0 for x in parts) and parts[1] > 0
+    assert float(keys["latency_overhead_ms"]) >= parts[0] + parts[1] - 0.02
     assert int(keys["anchors"]) > 100 and keys["fallback"] == "none"
     assert float(keys["median_relative_sigma"]) > 0
 

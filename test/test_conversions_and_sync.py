@@ -63,6 +63,42 @@ def test_cloud_with_odd_offsets_extra_fields_and_nans():
         cv.cloud_to_xyz(msg)
 
 
+def test_packed_cloud_view_matches_the_generic_reader():
+    """x, y, z packed float32 (the common driver layout) take the no-copy path; the answer is
+    the one the field-by-field reader gives, non-finite points dropped in order."""
+    rng = np.random.default_rng(3)
+    pts = rng.normal(0, 20, (500, 4)).astype("<f4")
+    pts[7, 1], pts[40, 2], pts[41, 0] = np.nan, np.inf, -np.inf
+    msg = cv.make_cloud(T, pts, _header())  # x, y, z, intensity at 0, 4, 8, 12
+    want = np.delete(pts[:, :3], [7, 40, 41], axis=0)
+    assert np.array_equal(cv.cloud_to_xyz(msg), want)
+    generic = cv._cloud_records(msg, list("xyz"), coords=True)
+    assert cv._packed_xyz(generic) is not None
+    as_f8 = _cloud(pts[:, :3].astype(np.float64), datatype=8)  # not packed float32: the generic path
+    assert cv._packed_xyz(cv._cloud_records(as_f8, list("xyz"))) is None
+    assert np.allclose(cv.cloud_to_xyz(as_f8), want)
+
+
+def test_depth_to_points_and_colour_map():
+    K = np.array([[200.0, 0, 3.5], [0, 210, 2.0], [0, 0, 1]])
+    d = np.linspace(1, 9, 40, dtype=np.float32).reshape(5, 8)
+    d[1, 2] = np.nan
+    msg = cv.depth_to_points(T, d, K, _header())
+    xyz = np.frombuffer(msg.data.tobytes(), "<f4").reshape(5, 8, 3)
+    v, u = 3, 6
+    assert np.allclose(xyz[v, u], [(u - 3.5) * d[v, u] / 200, (v - 2.0) * d[v, u] / 210, d[v, u]])
+    assert np.isnan(xyz[1, 2]).all() and not msg.is_dense
+    assert cv.depth_to_points(T, np.nan_to_num(d, nan=1.0), K, _header()).is_dense
+    scale = np.exp(np.linspace(-1, 1, 40)).reshape(5, 8).astype(np.float32)
+    scale[0, 0], scale[4, 7] = np.nan, -1.0
+    img = cv.scale_to_color(scale, lo=np.exp(-1), hi=np.e)
+    assert img.shape == (5, 8, 3) and img.dtype == np.uint8
+    assert (img[0, 0] == 0).all() and (img[4, 7] == 0).all()  # no scale: black
+    lut = cv._color_lut()[:, 0]
+    index = [int(np.flatnonzero((lut == px).all(1))[0]) for px in img.reshape(-1, 3)[1:-1]]
+    assert np.allclose(index, 1 + 254 * np.arange(1, 39) / 39, atol=1.5)  # linear on the log axis, lo..hi
+
+
 def test_camera_info_roundtrip_and_compressed(tmp_path):
     K = np.array([[300.0, 0, 160], [0, 310, 120], [0, 0, 1]])
     info = cv.make_camera_info(T, K, 320, 240, _header())

@@ -222,7 +222,8 @@ def project_points(
     neighbourhood is more than ``occlusion_rel`` (relative) nearer (:func:`occlusion_filter`).
 
     Args:
-        points: ``(N, 3+)`` xyz in the LiDAR frame (extra columns ignored).
+        points: ``(N, 3+)`` xyz in the LiDAR frame (extra columns ignored), a tensor or array;
+            non-finite points are dropped.
         T_cam_lidar: ``(4, 4)`` transform from LiDAR to camera optical frame.
         K: ``(3, 3)`` pinhole intrinsics of the (rectified) image.
         image_size: ``(H, W)``.
@@ -234,6 +235,8 @@ def project_points(
         (and the indices with ``return_index``).
     """
     h, w = image_size
+    if isinstance(points, np.ndarray) and not points.flags.writeable:
+        points = points.copy()  # a message buffer: torch will not wrap read-only memory (it never writes here)
     pts = torch.as_tensor(points, dtype=torch.float32)
     dev = pts.device
     T = torch.as_tensor(T_cam_lidar, dtype=torch.float32, device=dev)

@@ -82,7 +82,7 @@ def visible_rings(points: np.ndarray, rings: np.ndarray, T_cam_lidar: np.ndarray
 
     from .anchors import project_points
 
-    _, _, idx = project_points(torch.as_tensor(np.asarray(points)[:, :3], dtype=torch.float32),
+    _, _, idx = project_points(np.asarray(points, dtype=np.float32)[:, :3],
                                torch.as_tensor(T_cam_lidar), torch.as_tensor(K), image_size,
                                occlusion_kernel=0, return_index=True)
     ids, counts = np.unique(np.asarray(rings)[idx.numpy()], return_counts=True)

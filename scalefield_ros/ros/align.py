@@ -78,6 +78,7 @@ class AlignCore:
         self._io: list = []  # subscriptions, publishers, timers to destroy on deactivate
         self.frames_in = self.frames_done = self.frames_dropped = self.frames_skipped = 0
         self._warned_distortion = False
+        self._diag_s = 0.0  # the last frame's diagnostics (s), counted in the next frame's overhead
         self._last_stamp: int | None = None
         self.sync_kind = ""
         for p in PARAMS:
@@ -301,16 +302,18 @@ class AlignCore:
             self.get_logger().warning("CameraInfo has non-zero distortion D: this node assumes a rectified "
                                       "image (subscribe to image_rect); anchors will be off otherwise")
         T = self._extrinsic(img.header.frame_id or cam.frame_id, cloud.header.frame_id, img.header.stamp)
+        t_decoded = time.perf_counter()
         out = pipeline.process(rgb, cam.K, pts, T, stamp=cv.stamp_ns(img.header) * 1e-9)
         if out.depth is None:
             return self._skip(img.header, out.reason, error=bool(out.gate))
+        t_published = time.perf_counter()
         self.pub_depth.publish(cv.array_to_image(self.types, out.depth, "32FC1", img.header))
         info.header = img.header
         self.pub_info.publish(info)
         # The other outputs are built only when someone listens (rviz, a planner): the
         # conversions and the colour map are most of the node's time outside the stages.
         if _listened(self.pub_scale):
-            self.pub_scale.publish(cv.array_to_image(self.types, out.scale.astype(np.float32), "32FC1", img.header))
+            self.pub_scale.publish(cv.array_to_image(self.types, out.scale, "32FC1", img.header))
         if self.publish_uncertainty and out.sigma is not None and _listened(self.pub_unc):
             self.pub_unc.publish(cv.array_to_image(self.types, out.sigma, "32FC1", img.header))
         if self.publish_points and _listened(self.pub_points):
@@ -321,11 +324,17 @@ class AlignCore:
         if out.fallback:
             self.get_logger().warning(f"fallback in force: {out.fallback} ({out.anchors} anchors)",
                                       throttle_duration_sec=5.0)
-        # everything around the stages: decoding, conversions, publishing, colour map
-        total = time.perf_counter() - t_start
-        out.timings["total"] = total
-        out.timings["overhead"] = max(0.0, total - sum(v for k, v in out.timings.items() if k != "total"))
+        # everything around the stages: decoding, conversions, publishing, colour map, and
+        # the previous frame's diagnostics (a frame cannot time its own report)
+        t_end = time.perf_counter()
+        stages = sum(out.timings.values())
+        out.timings["total"] = t_end - t_start
+        out.timings["overhead"] = max(0.0, t_end - t_start - stages) + self._diag_s
+        out.timings["overhead_decode"] = t_decoded - t_start
+        out.timings["overhead_publish"] = t_end - t_published
+        out.timings["overhead_diagnostics"] = self._diag_s
         self._diagnose(img.header, out, "")
+        self._diag_s = time.perf_counter() - t_end
 
     # -- diagnostics ------------------------------------------------------------------
     def _diagnose(self, header, out, reason: str, error: bool = False) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
@@ -142,16 +143,42 @@ def _cloud_records(msg: Any, names: list[str], coords: bool = False) -> np.ndarr
     return raw[: n * step].view(dt)
 
 
+def _finite_rows(xyz: np.ndarray) -> np.ndarray:
+    """Rows of ``(N, 3)`` coordinates that are all finite. One BLAS product instead of an
+    element-wise test: NaN and inf survive a sum (inf - inf is NaN), and a row of metres
+    never sums past float32's range, so the answer is the same at a twentieth of the time."""
+    return np.isfinite(xyz @ np.ones(3, dtype=xyz.dtype))
+
+
 def cloud_to_xyz(msg: Any) -> np.ndarray:
     """PointCloud2 -> ``(N, 3)`` float32 x, y, z; any offsets/point_step, extra fields
     ignored, points with a non-finite coordinate dropped.
+
+    In the usual layout (little-endian FLOAT32 x, y, z side by side) this is a strided
+    view of the message's buffer, with no copy when every point is finite; treat it as
+    read-only.
 
     Raises:
         ConversionError: no x/y/z fields, or a buffer shorter than the header says.
     """
     rec = _cloud_records(msg, list("xyz"), coords=True)
-    xyz = np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)
-    return xyz[np.isfinite(xyz).all(axis=1)]
+    xyz = _packed_xyz(rec)
+    if xyz is None:
+        xyz = np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)
+    ok = _finite_rows(xyz)
+    return xyz if ok.all() else xyz[ok]
+
+
+def _packed_xyz(rec: np.ndarray) -> np.ndarray | None:
+    """``(N, 3)`` float32 view of records whose x, y, z are consecutive little-endian
+    FLOAT32 fields on a 4-byte grid; None for any other layout."""
+    dt = rec.dtype
+    ox = dt.fields["x"][1]
+    if any(dt.fields[c][0] != np.dtype("<f4") for c in "xyz") or dt.fields["y"][1] != ox + 4 \
+            or dt.fields["z"][1] != ox + 8 or ox % 4 or dt.itemsize % 4 or not rec.flags.c_contiguous:
+        return None
+    words = rec.view(np.uint8).view("<f4").reshape(len(rec), dt.itemsize // 4)
+    return words[:, ox // 4: ox // 4 + 3]
 
 
 def cloud_field(msg: Any, name: str) -> np.ndarray | None:
@@ -160,7 +187,7 @@ def cloud_field(msg: Any, name: str) -> np.ndarray | None:
     if name not in {f.name for f in msg.fields}:
         return None
     rec = _cloud_records(msg, ["x", "y", "z", name])
-    ok = np.isfinite(np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)).all(axis=1)
+    ok = _finite_rows(np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32))
     return np.asarray(rec[name])[ok]
 
 
@@ -258,7 +285,27 @@ class MsgTypes:
     Time: Callable
     RegionOfInterest: Callable
     bytes_field: Callable[[np.ndarray], Any]  # uint8[] payload in the library's type
+    with_data: Callable[..., Any]  # (constructor, array, **fields) -> message whose uint8[] data holds the array
     float_array: Callable[[np.ndarray], Any]  # float64[n] in the library's type
+
+
+def _byte_array(a: np.ndarray) -> array.array:
+    """uint8[] payload for an rclpy message."""
+    out = array.array("B")
+    out.frombytes(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return out
+
+
+def _rclpy_with_data(ctor: Callable, arr: np.ndarray, **fields) -> Any:
+    # rclpy's constructor copies a given ``data`` into a new array; filling the message's
+    # own (empty) array afterwards makes the pixels' only copy.
+    msg = ctor(**fields)
+    msg.data.frombytes(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    return msg
+
+
+def _rosbags_with_data(ctor: Callable, arr: np.ndarray, **fields) -> Any:
+    return ctor(**fields, data=np.ascontiguousarray(arr).view(np.uint8).reshape(-1).copy())
 
 
 def rclpy_types() -> MsgTypes:
@@ -267,7 +314,7 @@ def rclpy_types() -> MsgTypes:
     from std_msgs.msg import Header
 
     return MsgTypes(Image, CompressedImage, CameraInfo, PointCloud2, PointField, Header, Time, RegionOfInterest,
-                    lambda a: array.array("B", np.ascontiguousarray(a).view(np.uint8).tobytes()),
+                    _byte_array, _rclpy_with_data,
                     lambda a: [float(x) for x in np.ravel(a)])
 
 
@@ -283,7 +330,7 @@ def rosbags_types(typestore=None) -> MsgTypes:
     return MsgTypes(t["sensor_msgs/msg/Image"], t["sensor_msgs/msg/CompressedImage"], t["sensor_msgs/msg/CameraInfo"],
                     t["sensor_msgs/msg/PointCloud2"], t["sensor_msgs/msg/PointField"], t["std_msgs/msg/Header"],
                     t["builtin_interfaces/msg/Time"], t["sensor_msgs/msg/RegionOfInterest"],
-                    lambda a: np.ascontiguousarray(a).view(np.uint8).reshape(-1).copy(),
+                    lambda a: np.ascontiguousarray(a).view(np.uint8).reshape(-1).copy(), _rosbags_with_data,
                     lambda a: np.asarray(a, dtype=np.float64).ravel().copy())
 
 
@@ -297,12 +344,12 @@ def array_to_image(types: MsgTypes, arr: np.ndarray, encoding: str, header: Any)
     arr = np.ascontiguousarray(arr)
     h, w = arr.shape[:2]
     if encoding == "32FC1":
-        arr = arr.astype("<f4")
+        arr = arr.astype("<f4", copy=False)
     elif encoding == "16UC1":
-        arr = arr.astype("<u2")
+        arr = arr.astype("<u2", copy=False)
     step = arr.strides[0]
-    return types.Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=step,
-                       data=types.bytes_field(arr))
+    return types.with_data(types.Image, arr, header=header, height=h, width=w, encoding=encoding, is_bigendian=0,
+                           step=step)
 
 
 def make_camera_info(types: MsgTypes, K: np.ndarray, width: int, height: int, header: Any) -> Any:
@@ -323,8 +370,17 @@ def make_cloud(types: MsgTypes, points: np.ndarray, header: Any) -> Any:
     pts[:, : min(4, points.shape[1])] = points[:, :4]
     fields = [types.PointField(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate("xyz") ]
     fields.append(types.PointField(name="intensity", offset=12, datatype=7, count=1))
-    return types.PointCloud2(header=header, height=1, width=len(pts), fields=fields, is_bigendian=False,
-                             point_step=16, row_step=16 * len(pts), data=types.bytes_field(pts), is_dense=True)
+    return types.with_data(types.PointCloud2, pts, header=header, height=1, width=len(pts), fields=fields,
+                           is_bigendian=False, point_step=16, row_step=16 * len(pts), is_dense=True)
+
+
+@lru_cache(maxsize=8)
+def _rays(h: int, w: int, fx: float, fy: float, cx: float, cy: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(u - cx) / fx`` and ``(v - cy) / fy`` as full ``(H, W)`` float32 images (OpenCV's
+    element-wise products do not broadcast); one pair per camera."""
+    rx = np.broadcast_to(((np.arange(w) - cx) / fx).astype(np.float32), (h, w))
+    ry = np.broadcast_to(((np.arange(h) - cy) / fy).astype(np.float32)[:, None], (h, w))
+    return np.ascontiguousarray(rx), np.ascontiguousarray(ry)
 
 
 def depth_to_points(types: MsgTypes, depth: np.ndarray, K: np.ndarray, header: Any) -> Any:
@@ -332,33 +388,50 @@ def depth_to_points(types: MsgTypes, depth: np.ndarray, K: np.ndarray, header: A
     x, y, z in the camera optical frame: ``x = (u - cx) z / fx``, ``y = (v - cy) z / fy``
     (as depth_image_proc's point_cloud_xyz). Pixels without a finite depth (NaN, +inf) are
     NaN points, so the cloud is not dense."""
+    import cv2
+
     h, w = depth.shape
-    z = np.where(np.isfinite(depth), depth, np.nan).astype(np.float32)
-    u = np.arange(w, dtype=np.float32)[None, :]
-    v = np.arange(h, dtype=np.float32)[:, None]
-    pts = np.empty((h, w, 3), dtype="<f4")
-    pts[..., 0] = (u - K[0, 2]) * z / K[0, 0]
-    pts[..., 1] = (v - K[1, 2]) * z / K[1, 1]
-    pts[..., 2] = z
+    z = np.ascontiguousarray(depth, dtype=np.float32)
+    dense = bool(np.isfinite(z.sum(dtype=np.float64)))  # one pass; NaN and inf survive a sum
+    if not dense:
+        z = np.where(np.isfinite(z), z, np.float32(np.nan))
+    rx, ry = _rays(h, w, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+    pts = cv2.merge([cv2.multiply(z, rx), cv2.multiply(z, ry), z])  # (H, W, 3) interleaved x, y, z
     fields = [types.PointField(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate("xyz")]
-    return types.PointCloud2(header=header, height=h, width=w, fields=fields, is_bigendian=False, point_step=12,
-                             row_step=12 * w, data=types.bytes_field(pts), is_dense=bool(np.isfinite(z).all()))
+    return types.with_data(types.PointCloud2, pts, header=header, height=h, width=w, fields=fields,
+                           is_bigendian=False, point_step=12, row_step=12 * w, is_dense=dense)
+
+
+@lru_cache(maxsize=1)
+def _color_lut() -> np.ndarray:
+    """256-entry BGR table: 0 is black (no scale), 1-255 span viridis."""
+    import cv2
+
+    viridis = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_VIRIDIS)[:, 0]
+    lut = np.zeros((256, 1, 3), np.uint8)
+    lut[1:, 0] = viridis[np.round(np.linspace(0, 255, 255)).astype(int)]
+    return lut
 
 
 def scale_to_color(scale: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Colour-map ``s(x)`` on a log axis to ``bgr8`` for rviz; NaN -> black."""
+    """Colour-map ``s(x)`` on a log axis to ``bgr8`` for rviz; NaN (and negative) -> black.
+
+    ``lo``/``hi``: the scales at the ends of the colour map; by default the 2nd and 98th
+    percentiles of the frame. One clip, one OpenCV scale-and-round (NaN rounds to 0, the
+    black entry) and one table look-up.
+    """
     import cv2
 
-    ls = np.log(np.where(np.isfinite(scale) & (scale > 0), scale, np.nan))
-    finite = np.isfinite(ls)
-    if not finite.any():
-        return np.zeros(scale.shape + (3,), np.uint8)
-    if not (lo and hi):  # the 2-98 % range from every 7th valid pixel: the same colours, a fifth of the time
-        sample = ls[finite][::7]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ls = np.log(np.asarray(scale, dtype=np.float32))
+    if not (lo and hi):  # the 2-98 % range from every 7th pixel: the same colours, a fifth of the time
+        sample = ls.reshape(-1)[::7]
+        sample = sample[np.isfinite(sample)]
+        if sample.size == 0:
+            return np.zeros(ls.shape + (3,), np.uint8)
         p2, p98 = np.percentile(sample, [2, 98])
-    lo = np.log(lo) if lo else p2
-    hi = np.log(hi) if hi else p98
-    norm = np.clip((ls - lo) / max(hi - lo, 1e-6), 0, 1)
-    img = cv2.applyColorMap((np.nan_to_num(norm) * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-    img[~finite] = 0
-    return img
+    lo = float(np.log(lo)) if lo else float(p2)
+    hi = float(np.log(hi)) if hi else float(p98)
+    np.clip(ls, lo, hi, out=ls)  # NaN stays NaN
+    a = 254.0 / max(hi - lo, 1e-6)
+    return cv2.applyColorMap(cv2.convertScaleAbs(ls, alpha=a, beta=1.0 - lo * a), _color_lut())
