@@ -307,7 +307,8 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
     out: dict = {}
     for qos in qos_list:
         node = subprocess.Popen([sys.executable, "-m", "scalefield_ros.align_node", "--ros-args", "-p", "device:=cpu",
-                                 "-p", f"qos_reliability:={qos}", "-p", f"extrinsic_translation:={[float(x) for x in t]}",
+                                 "-p", f"qos_reliability:={qos}", "-p", "publish_points:=true",  # every output
+                                 "-p", f"extrinsic_translation:={[float(x) for x in t]}",
                                  "-p", f"extrinsic_rotation:={[float(x) for x in q]}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -485,14 +486,17 @@ def main(argv: list[str] | None = None) -> dict:
         doc = {"machine": machine(), "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
                "offered_load": offered_load(seconds=2.0 if a.quick else 5.0)}
         lines = ["| QoS | offered (Hz) | frames | images / clouds reaching the node | synchronised | published "
-                 "| dropped | latency p50 (ms) | latency p95 (ms) | node overhead (ms; / stages) |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| dropped | latency p50 (ms) | latency p95 (ms) | stages (ms) | node overhead (ms; / stages) "
+                 "| decode / publish / diagnostics (ms) |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for qos, rows in doc["offered_load"].items():
             for rate, r in rows.items():
                 lines.append(f"| {qos} | {rate} | {r['offered']} | {r['node_received_images']} / "
                              f"{r['node_received_clouds']} | {r['node_synchronised']} | {r['delivered']} | "
                              f"{r['dropped']} | {r['latency_p50_ms']:.0f} | {r['latency_p95_ms']:.0f} | "
-                             f"{r['overhead_ms']:.1f}; {r['overhead_over_stages']:.2f} |")
+                             f"{r['stages_ms']:.1f} | {r['overhead_ms']:.1f}; {r['overhead_over_stages']:.2f} | "
+                             + " / ".join(f"{r['overhead_parts_ms'].get(k, float('nan')):.1f}"
+                                          for k in ("decode", "publish", "diagnostics")) + " |")
         return _write_mode(out, "offered_load", doc, lines)
     if a.generator_cost:
         from .mde.backends import resolve_device

@@ -66,3 +66,6 @@ def test_large_data_dds_profile_delivers_best_effort_frames_between_processes(tm
     assert res["offered"] == 10
     assert res["node_received_images"] == 10 and res["node_received_clouds"] == 10, res
     assert res["delivered"] >= 8, res
+    # the node's own overhead, split; every output (points included) was published
+    assert set(res["overhead_parts_ms"]) == {"decode", "publish", "diagnostics"}, res
+    assert 0 < res["overhead_parts_ms"]["publish"] <= res["overhead_ms"] and res["stages_ms"] > res["overhead_ms"], res
