@@ -1,6 +1,6 @@
 """Latency of every stage and every aligner, measured in one run on one device.
 
-    python -m scalefield_ros.bench --quick --out DIR      # < 3 min on 2 CPU cores
+    python -m scalefield_ros.bench --quick --out DIR      # ~4 min on 2 CPU cores (--skip-node: 3)
     python -m scalefield_ros.bench --out DIR --device cuda
 
 Per-stage latency (LiDAR projection, embedded MDE, generator, solve, apply) and the whole
@@ -19,9 +19,17 @@ log-log slope fits how its cost grows with N and with H*W.
      "spread_ms": {ALIGNER: {"n{N}_{W}x{H}": [p10, p90]}},
      "stages_ms": {"n{N}_{W}x{H}": {"projection", "mde", "generator_k8", ..., "solve_k8", "apply_k8", ...}},
      "peak_mem_mb": {ALIGNER: {...}},     # CUDA: max allocated; CPU: growth of the process high-water RSS
-     "growth": {ALIGNER: {"anchors_exponent": float, "pixels_exponent": float}}}
+     "growth": {ALIGNER: {"anchors_exponent": float, "pixels_exponent": float}},
+     "solver_ms": {...}, "projection_ms": {"10000": ms, ..., "2000000": ms},
+     "offered_load": {"reliable": {"10" | "20" | "30": {delivered, dropped, latency_p50_ms, latency_p95_ms,
+                                                       stages_ms, overhead_ms, overhead_parts_ms, ...}}},
+     "fastdds_profile": str,
+     "ratios": {"projection_100k_over_mde", "uncertainty_over_generator_solve_apply",
+                "generator_onnx_over_torch", "node_overhead_over_stages"}}
 
-plus ``DIR/bench.md`` (tables) and ``DIR/bench.png`` (latency vs N and vs pixels).
+plus ``DIR/bench.md`` (tables) and ``DIR/bench.png`` (latency vs N and vs pixels). The node
+part (``offered_load``: the node in its own process over DDS, every output subscribed) is
+left out with ``--skip-node``.
 """
 
 from __future__ import annotations
@@ -219,6 +227,10 @@ def write_report(out: Path, doc: dict) -> None:
     if "ratios" in doc:
         lines += ["", "### Ratios measured in this run", "", "| ratio | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in doc["ratios"].items()]
+    if "offered_load" in doc:
+        lines += ["", f"### The node over DDS, offered load (own process, every output subscribed; Fast DDS profile: "
+                      f"{Path(doc['fastdds_profile']).name or 'default'})", ""]
+        lines += offered_load_table(doc["offered_load"])
     if "solver_ms" in doc:
         sv = doc["solver_ms"]
         lines += ["", "### Weight solve alone (ms): lambda policy x K x anchors N", "",
@@ -455,6 +467,41 @@ def generator_cost(device: torch.device, warm: int = 1, reps: int = 3, k: int = 
     return out
 
 
+def node_load(quick: bool) -> dict:
+    """The main run's node part: :func:`offered_load` at 10/20/30 Hz, reliable QoS, with the
+    large-message Fast DDS profile unless the environment names one (README: DDS advice),
+    and the node's overhead around the stages as a ratio (median over the rates)."""
+    import os
+    import sys
+
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:  # the source tree's, else the installed share/
+        for d in (Path(__file__).resolve().parents[1], Path(sys.prefix) / "share" / "scalefield_ros"):
+            if (d / "config" / "fastdds_large_data.xml").is_file():
+                os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(d / "config" / "fastdds_large_data.xml")
+                break
+    rows = offered_load(qos_list=("reliable",), seconds=2.0 if quick else 5.0)
+    ratio = float(np.median([r["overhead_over_stages"] for r in rows["reliable"].values()]))
+    return {"offered_load": rows, "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
+            "node_overhead_over_stages": ratio}
+
+
+def offered_load_table(rows_by_qos: dict) -> list[str]:
+    """The offered-load results as a markdown table."""
+    lines = ["| QoS | offered (Hz) | frames | images / clouds reaching the node | synchronised | published "
+             "| dropped | latency p50 (ms) | latency p95 (ms) | stages (ms) | node overhead (ms; / stages) "
+             "| decode / publish / diagnostics (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for qos, rows in rows_by_qos.items():
+        for rate, r in rows.items():
+            lines.append(f"| {qos} | {rate} | {r['offered']} | {r['node_received_images']} / "
+                         f"{r['node_received_clouds']} | {r['node_synchronised']} | {r['delivered']} | "
+                         f"{r['dropped']} | {r['latency_p50_ms']:.0f} | {r['latency_p95_ms']:.0f} | "
+                         f"{r['stages_ms']:.1f} | {r['overhead_ms']:.1f}; {r['overhead_over_stages']:.2f} | "
+                         + " / ".join(f"{r['overhead_parts_ms'].get(k, float('nan')):.1f}"
+                                      for k in ("decode", "publish", "diagnostics")) + " |")
+    return lines
+
+
 def _write_mode(out: Path, name: str, doc: dict, lines: list[str]) -> dict:
     """``out/name.json`` and the table ``out/name.md`` of a single-purpose bench mode."""
     (out / f"{name}.json").write_text(json.dumps(doc, indent=2))
@@ -465,7 +512,8 @@ def _write_mode(out: Path, name: str, doc: dict, lines: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 warm-up, 3 repeats (< 3 min on 2 cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="1 warm-up, 3 repeats, 2 s per offered rate (about 4 min on 2 cores)")
     p.add_argument("--device", default="auto")
     p.add_argument("--mde", default="embedded", help="MDE backend spec (see README); its cost is the mde stage")
     p.add_argument("--out", default="bench_out")
@@ -475,6 +523,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--offered-load", action="store_true",
                    help="only the node over DDS (own process) at 10/20/30 Hz offered, reliable QoS, and at 10 Hz "
                         "Best-Effort: delivered and dropped frames, latency p50/p95 (writes offered_load.json/.md)")
+    p.add_argument("--skip-node", action="store_true",
+                   help="leave out the node over DDS (offered load at 10/20/30 Hz, reliable QoS, and the node's "
+                        "overhead around the stages) from the main run")
     add_threads_argument(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
@@ -485,18 +536,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         doc = {"machine": machine(), "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
                "offered_load": offered_load(seconds=2.0 if a.quick else 5.0)}
-        lines = ["| QoS | offered (Hz) | frames | images / clouds reaching the node | synchronised | published "
-                 "| dropped | latency p50 (ms) | latency p95 (ms) | stages (ms) | node overhead (ms; / stages) "
-                 "| decode / publish / diagnostics (ms) |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for qos, rows in doc["offered_load"].items():
-            for rate, r in rows.items():
-                lines.append(f"| {qos} | {rate} | {r['offered']} | {r['node_received_images']} / "
-                             f"{r['node_received_clouds']} | {r['node_synchronised']} | {r['delivered']} | "
-                             f"{r['dropped']} | {r['latency_p50_ms']:.0f} | {r['latency_p95_ms']:.0f} | "
-                             f"{r['stages_ms']:.1f} | {r['overhead_ms']:.1f}; {r['overhead_over_stages']:.2f} | "
-                             + " / ".join(f"{r['overhead_parts_ms'].get(k, float('nan')):.1f}"
-                                          for k in ("decode", "publish", "diagnostics")) + " |")
+        lines = offered_load_table(doc["offered_load"])
         return _write_mode(out, "offered_load", doc, lines)
     if a.generator_cost:
         from .mde.backends import resolve_device
@@ -512,6 +552,9 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{r['work_pixels_train_step_ms']:.0f} | {r['work_pixels_inference_ms']:.0f} |")
         return _write_mode(out, "generator_cost", doc, lines)
     doc = run(a)
+    if not a.skip_node:
+        doc.update(node_load(a.quick))
+        doc["ratios"]["node_overhead_over_stages"] = doc.pop("node_overhead_over_stages")
     (out / "bench.json").write_text(json.dumps(doc, indent=2))
     write_report(out, doc)
     print((out / "bench.md").read_text())

@@ -6,7 +6,8 @@ from scalefield_ros import bench
 
 
 def test_quick_bench_writes_the_documented_keys(tmp_path):
-    doc = bench.main(["--quick", "--out", str(tmp_path), "--device", "cpu"])
+    # the node over DDS is left out here (its own test below); the rest is the full quick run
+    doc = bench.main(["--quick", "--out", str(tmp_path), "--device", "cpu", "--skip-node"])
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["quick"] is True and saved["device"] == "cpu"
     aligners = {"basis-k8", "basis-k30", "basis-k50", "global", "piecewise", "lwlr", "grid", "grid-smooth", "region"}
@@ -69,3 +70,24 @@ def test_large_data_dds_profile_delivers_best_effort_frames_between_processes(tm
     # the node's own overhead, split; every output (points included) was published
     assert set(res["overhead_parts_ms"]) == {"decode", "publish", "diagnostics"}, res
     assert 0 < res["overhead_parts_ms"]["publish"] <= res["overhead_ms"] and res["stages_ms"] > res["overhead_ms"], res
+
+
+def test_main_run_adds_the_node_under_the_large_message_profile(monkeypatch):
+    """bench's node part: offered load at 10/20/30 Hz reliable, under the shipped Fast DDS
+    profile unless one is set, and the overhead ratio as the median over the rates."""
+    import os
+    from pathlib import Path
+
+    seen = {}
+
+    def fake(qos_list, seconds):
+        seen.update(qos=qos_list, profile=os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"))
+        return {"reliable": {r: {"overhead_over_stages": x} for r, x in (("10", 0.07), ("20", 0.09), ("30", 0.2))}}
+
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "")  # recorded, so the value node_load sets is undone
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE")
+    monkeypatch.setattr(bench, "offered_load", fake)
+    doc = bench.node_load(quick=True)
+    assert seen["qos"] == ("reliable",) and Path(seen["profile"]).name == "fastdds_large_data.xml"
+    assert Path(seen["profile"]).is_file() and doc["fastdds_profile"] == seen["profile"]
+    assert doc["node_overhead_over_stages"] == 0.09

@@ -248,18 +248,19 @@ def project_points(
     # times faster, and each output row (z u, z v, z) comes out contiguous.
     img = torch.addmm(P[:, 3:], P[:, :3], pts[:, :3].T)
     z = img[2]
-    inv = torch.reciprocal(z)  # z <= 0 or NaN gives a u, v that fails a test below
-    u = torch.round(img[0] * inv)
-    v = torch.round(img[1] * inv)
+    img[:2] *= torch.reciprocal(z)  # (u, v, z) rows in place; z <= 0 or NaN fails a test below
+    img[:2].round_()
+    u, v = img[0], img[1]
     ok = (z > min_depth) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)  # NaN fails every test
     # One compaction to the points inside the image (a fraction of a spinning LiDAR's
-    # scan): the occlusion filter then works on those alone.
+    # scan), all three rows in one call: the occlusion filter then works on those alone.
     idx = torch.nonzero(ok).squeeze(1)
-    u, v, z = u[idx], v[idx], z[idx]
-    keep = torch.nonzero(occlusion_filter((u, v), z, image_size, occlusion_kernel, occlusion_rel)).squeeze(1)
-    idx = idx[keep]
-    out = (torch.stack([u[keep], v[keep]], 1), z[keep])
-    return out + (idx,) if return_index else out
+    uvz = img.index_select(1, idx)
+    keep = torch.nonzero(occlusion_filter((uvz[0], uvz[1]), uvz[2], image_size, occlusion_kernel,
+                                          occlusion_rel)).squeeze(1)
+    uvz = uvz.index_select(1, keep)
+    out = (uvz[:2].T.contiguous(), uvz[2].contiguous())
+    return out + (idx.index_select(0, keep),) if return_index else out
 
 
 _NO_POINT = torch.iinfo(torch.int64).max
@@ -304,12 +305,12 @@ def occlusion_filter(uv: torch.Tensor | tuple[torch.Tensor, torch.Tensor], z: to
     key = (zf.view(torch.int32).to(torch.int64) << 32) | torch.arange(n, device=dev)
     best = torch.full((rows * w,), _NO_POINT, device=dev, dtype=torch.long)
     best.scatter_reduce_(0, lin, key, reduce="amin")
-    keep = best[lin] == key
+    keep = best.index_select(0, lin) == key
     if r:
         # The depth buffer by a float scatter of its own: cheaper than decoding ``best``.
         zbuf = torch.full((rows, w), 1e9, device=dev, dtype=torch.float32)
         zbuf.view(-1).scatter_reduce_(0, lin, zf, reduce="amin")
-        keep &= zf <= window_min(zbuf, 2 * r + 1).view(-1)[lin] * (1.0 + rel)
+        keep &= zf <= window_min(zbuf, 2 * r + 1).view(-1).index_select(0, lin) * (1.0 + rel)
     return keep
 
 
