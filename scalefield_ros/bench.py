@@ -297,12 +297,13 @@ def stage_ratios(stages: dict, proj: dict) -> dict:
 
 
 def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reliable", "best_effort"),
-                 be_rates=(10.0,)) -> dict:
+                 be_rates=(10.0,), threads: int = 0) -> dict:
     """Drive a node running in its own process (as on a robot) over DDS at each offered
     rate: delivered and dropped frames, latency (publish -> depth received) p50/p95.
 
     Reliable sensor QoS at every rate in ``rates``; Best-Effort at ``be_rates`` (Fast DDS
     on one host drops large Best-Effort messages between processes: README, DDS advice).
+    ``threads``: the node's ``torch_threads`` (0: its default).
     """
     import subprocess
     import sys
@@ -320,6 +321,7 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
     for qos in qos_list:
         node = subprocess.Popen([sys.executable, "-m", "scalefield_ros.align_node", "--ros-args", "-p", "device:=cpu",
                                  "-p", f"qos_reliability:={qos}", "-p", "publish_points:=true",  # every output
+                                 "-p", f"torch_threads:={int(threads)}",
                                  "-p", f"extrinsic_translation:={[float(x) for x in t]}",
                                  "-p", f"extrinsic_rotation:={[float(x) for x in q]}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -467,7 +469,7 @@ def generator_cost(device: torch.device, warm: int = 1, reps: int = 3, k: int = 
     return out
 
 
-def node_load(quick: bool) -> dict:
+def node_load(quick: bool, threads: int = 0) -> dict:
     """The main run's node part: :func:`offered_load` at 10/20/30 Hz, reliable QoS, with the
     large-message Fast DDS profile unless the environment names one (README: DDS advice),
     and the node's overhead around the stages as a ratio (median over the rates)."""
@@ -479,7 +481,7 @@ def node_load(quick: bool) -> dict:
             if (d / "config" / "fastdds_large_data.xml").is_file():
                 os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(d / "config" / "fastdds_large_data.xml")
                 break
-    rows = offered_load(qos_list=("reliable",), seconds=2.0 if quick else 5.0)
+    rows = offered_load(qos_list=("reliable",), seconds=2.0 if quick else 5.0, threads=threads)
     ratio = float(np.median([r["overhead_over_stages"] for r in rows["reliable"].values()]))
     return {"offered_load": rows, "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
             "node_overhead_over_stages": ratio}
@@ -535,7 +537,7 @@ def main(argv: list[str] | None = None) -> dict:
         import os
 
         doc = {"machine": machine(), "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
-               "offered_load": offered_load(seconds=2.0 if a.quick else 5.0)}
+               "offered_load": offered_load(seconds=2.0 if a.quick else 5.0, threads=a.threads)}
         lines = offered_load_table(doc["offered_load"])
         return _write_mode(out, "offered_load", doc, lines)
     if a.generator_cost:
@@ -553,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict:
         return _write_mode(out, "generator_cost", doc, lines)
     doc = run(a)
     if not a.skip_node:
-        doc.update(node_load(a.quick))
+        doc.update(node_load(a.quick, a.threads))
         doc["ratios"]["node_overhead_over_stages"] = doc.pop("node_overhead_over_stages")
     (out / "bench.json").write_text(json.dumps(doc, indent=2))
     write_report(out, doc)

@@ -80,14 +80,14 @@ def test_main_run_adds_the_node_under_the_large_message_profile(monkeypatch):
 
     seen = {}
 
-    def fake(qos_list, seconds):
-        seen.update(qos=qos_list, profile=os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"))
+    def fake(qos_list, seconds, threads):
+        seen.update(qos=qos_list, profile=os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"), threads=threads)
         return {"reliable": {r: {"overhead_over_stages": x} for r, x in (("10", 0.07), ("20", 0.09), ("30", 0.2))}}
 
     monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "")  # recorded, so the value node_load sets is undone
     monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE")
     monkeypatch.setattr(bench, "offered_load", fake)
-    doc = bench.node_load(quick=True)
-    assert seen["qos"] == ("reliable",) and Path(seen["profile"]).name == "fastdds_large_data.xml"
+    doc = bench.node_load(quick=True, threads=2)
+    assert seen["qos"] == ("reliable",) and seen["threads"] == 2 and Path(seen["profile"]).name == "fastdds_large_data.xml"
     assert Path(seen["profile"]).is_file() and doc["fastdds_profile"] == seen["profile"]
     assert doc["node_overhead_over_stages"] == 0.09
