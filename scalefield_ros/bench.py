@@ -528,6 +528,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-node", action="store_true",
                    help="leave out the node over DDS (offered load at 10/20/30 Hz, reliable QoS, and the node's "
                         "overhead around the stages) from the main run")
+    p.add_argument("--node-threads", type=int, default=0,
+                   help="the node's torch_threads in the offered load (0: the node's default, half the cores)")
     add_threads_argument(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
@@ -537,7 +539,7 @@ def main(argv: list[str] | None = None) -> dict:
         import os
 
         doc = {"machine": machine(), "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
-               "offered_load": offered_load(seconds=2.0 if a.quick else 5.0, threads=a.threads)}
+               "offered_load": offered_load(seconds=2.0 if a.quick else 5.0, threads=a.node_threads)}
         lines = offered_load_table(doc["offered_load"])
         return _write_mode(out, "offered_load", doc, lines)
     if a.generator_cost:
@@ -555,7 +557,7 @@ def main(argv: list[str] | None = None) -> dict:
         return _write_mode(out, "generator_cost", doc, lines)
     doc = run(a)
     if not a.skip_node:
-        doc.update(node_load(a.quick, a.threads))
+        doc.update(node_load(a.quick, a.node_threads))
         doc["ratios"]["node_overhead_over_stages"] = doc.pop("node_overhead_over_stages")
     (out / "bench.json").write_text(json.dumps(doc, indent=2))
     write_report(out, doc)
