@@ -289,10 +289,14 @@ class MsgTypes:
     float_array: Callable[[np.ndarray], Any]  # float64[n] in the library's type
 
 
+def _bytes_view(a: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(a)).cast("B")
+
+
 def _byte_array(a: np.ndarray) -> array.array:
     """uint8[] payload for an rclpy message."""
     out = array.array("B")
-    out.frombytes(memoryview(np.ascontiguousarray(a)).cast("B"))
+    out.frombytes(_bytes_view(a))
     return out
 
 
@@ -300,12 +304,17 @@ def _rclpy_with_data(ctor: Callable, arr: np.ndarray, **fields) -> Any:
     # rclpy's constructor copies a given ``data`` into a new array; filling the message's
     # own (empty) array afterwards makes the pixels' only copy.
     msg = ctor(**fields)
-    msg.data.frombytes(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    msg.data.frombytes(_bytes_view(arr))
     return msg
 
 
+def _rosbags_bytes(a: np.ndarray) -> np.ndarray:
+    """uint8[] payload for a rosbags message (a numpy array of its own)."""
+    return np.ascontiguousarray(a).view(np.uint8).reshape(-1).copy()
+
+
 def _rosbags_with_data(ctor: Callable, arr: np.ndarray, **fields) -> Any:
-    return ctor(**fields, data=np.ascontiguousarray(arr).view(np.uint8).reshape(-1).copy())
+    return ctor(**fields, data=_rosbags_bytes(arr))
 
 
 def rclpy_types() -> MsgTypes:
@@ -330,7 +339,7 @@ def rosbags_types(typestore=None) -> MsgTypes:
     return MsgTypes(t["sensor_msgs/msg/Image"], t["sensor_msgs/msg/CompressedImage"], t["sensor_msgs/msg/CameraInfo"],
                     t["sensor_msgs/msg/PointCloud2"], t["sensor_msgs/msg/PointField"], t["std_msgs/msg/Header"],
                     t["builtin_interfaces/msg/Time"], t["sensor_msgs/msg/RegionOfInterest"],
-                    lambda a: np.ascontiguousarray(a).view(np.uint8).reshape(-1).copy(), _rosbags_with_data,
+                    _rosbags_bytes, _rosbags_with_data,
                     lambda a: np.asarray(a, dtype=np.float64).ravel().copy())
 
 
