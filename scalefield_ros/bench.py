@@ -333,8 +333,11 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
             raise
         stamp = 10**18
         try:
-            rig.publish(frames[0], stamp_ns=stamp)  # warm-up: first-frame allocations
-            rig.wait_for(lambda: len(rig.depth) > 0, 30.0)
+            for i in range(3):  # warm-up: first-frame allocations, every output's first build
+                stamp += 10**8
+                rig.publish(frames[i % len(frames)], stamp_ns=stamp)
+                rig.wait_for(lambda i=i: len(rig.depth) > i, 30.0 if i == 0 else 10.0)
+
             def inputs() -> dict:
                 """The node's own counts (its 1 Hz input status): what DDS delivered to it."""
                 st = [x for d in rig.diag for x in d.status if x.name.endswith(": inputs")]
@@ -346,6 +349,9 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
                 rig.wait_for(lambda: False, 1.2)  # a fresh input status before
                 before = inputs()
                 sent: dict[int, float] = {}
+                # how long each publish took in this (sensor) process: a reliable writer can
+                # block, and the frames behind it then reach the node as a burst (newest wins)
+                blocked: list[float] = []
                 first = len(rig.depth)
                 n = int(round(rate * seconds))
                 t0 = time.perf_counter()
@@ -355,6 +361,7 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
                     stamp += int(1e9 / rate)
                     sent[stamp] = time.perf_counter()
                     rig.publish(frames[i % len(frames)], stamp_ns=stamp)
+                    blocked.append(time.perf_counter() - sent[stamp])
                 rig.wait_for(lambda: False, 2.0)  # stragglers and a fresh input status
                 after = inputs()
                 overhead = []  # the node's own per-frame measure (diagnostics): time outside the stages
@@ -382,6 +389,8 @@ def offered_load(rates=(10.0, 20.0, 30.0), seconds: float = 3.0, qos_list=("reli
                     if overhead else float("nan"),
                     "overhead_parts_ms": {k: float(np.median(v)) for k, v in parts.items()},
                     "stages_ms": float(np.median([st for _, st in overhead])) if overhead else float("nan"),
+                    "sender_stalls": int(sum(b > 0.1 for b in blocked)),
+                    "sender_max_block_ms": 1000 * max(blocked, default=0.0),
                     "latency_p50_ms": float(np.percentile(lat, 50)) if lat else float("nan"),
                     "latency_p95_ms": float(np.percentile(lat, 95)) if lat else float("nan")}
                 print(f"offered {rate:g} Hz ({qos}): delivered {len(lat)}/{n}", flush=True)
@@ -491,8 +500,8 @@ def offered_load_table(rows_by_qos: dict) -> list[str]:
     """The offered-load results as a markdown table."""
     lines = ["| QoS | offered (Hz) | frames | images / clouds reaching the node | synchronised | published "
              "| dropped | latency p50 (ms) | latency p95 (ms) | stages (ms) | node overhead (ms; / stages) "
-             "| decode / publish / diagnostics (ms) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| decode / publish / diagnostics (ms) | sender publishes > 0.1 s (longest, ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for qos, rows in rows_by_qos.items():
         for rate, r in rows.items():
             lines.append(f"| {qos} | {rate} | {r['offered']} | {r['node_received_images']} / "
@@ -500,7 +509,8 @@ def offered_load_table(rows_by_qos: dict) -> list[str]:
                          f"{r['dropped']} | {r['latency_p50_ms']:.0f} | {r['latency_p95_ms']:.0f} | "
                          f"{r['stages_ms']:.1f} | {r['overhead_ms']:.1f}; {r['overhead_over_stages']:.2f} | "
                          + " / ".join(f"{r['overhead_parts_ms'].get(k, float('nan')):.1f}"
-                                      for k in ("decode", "publish", "diagnostics")) + " |")
+                                      for k in ("decode", "publish", "diagnostics"))
+                         + f" | {r.get('sender_stalls', 0)} ({r.get('sender_max_block_ms', 0.0):.0f}) |")
     return lines
 
 

@@ -70,6 +70,7 @@ def test_large_data_dds_profile_delivers_best_effort_frames_between_processes(tm
     # the node's own overhead, split; every output (points included) was published
     assert set(res["overhead_parts_ms"]) == {"decode", "publish", "diagnostics"}, res
     assert 0 < res["overhead_parts_ms"]["publish"] <= res["overhead_ms"] and res["stages_ms"] > res["overhead_ms"], res
+    assert 0 <= res["sender_stalls"] <= 10 and res["sender_max_block_ms"] > 0, res
 
 
 def test_main_run_adds_the_node_under_the_large_message_profile(monkeypatch):
