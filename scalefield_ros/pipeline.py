@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -288,7 +289,10 @@ class MetricDepthPipeline:
         return FrameOutput(depth, scale, int(res.anchors_used[0]), fallback, "", float(res.residual[0]), t,
                            uvn, zn, float(lam[0]) if lam is not None else float("nan"), gate, sigma, share)
 
-    def _sigma(self, method: str, res, mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
+    def _sigma(self, method: str, res, mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor,
+               growth: float = 0.0) -> torch.Tensor | None:
+        """One standard deviation of depth ``(H, W)`` from the method's calibration (None
+        without one); ``growth`` is added in quadrature to the log-sigma (a prior's age)."""
         key = "basis-res" if method == "basis" and self.cfg.residual else method
         model = self.calibration.get(key)
         if model is None:
@@ -296,8 +300,11 @@ class MetricDepthPipeline:
         opts = tuned_options(self.tuned, "rings", method) if method != "basis" else {}
         feats = uncertainty_features(method, res, mde, uv.to(mde.device), z.to(mde.device), options=opts,
                                      needed=model.needed(), edges=self._edges, coarse=True)
+        ls = model.log_sigma(feats)
+        if growth > 0:
+            ls = (ls.square() + growth ** 2).sqrt()
         depth = res.depth.unsqueeze(0) if res.depth.dim() == 2 else res.depth
-        return (depth * model.log_sigma(feats))[0]
+        return (depth * ls)[0]
 
     def _finish(self, depth_t: torch.Tensor, sigma_t: torch.Tensor | None,
                 z: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, float]:
@@ -328,17 +335,9 @@ class MetricDepthPipeline:
         t0 = time.perf_counter()
         depth_t, maps = al.depth_from_weights(mde, feats, prior["weights"], prior.get("correction"))
         t["generator"] = time.perf_counter() - t0
-        sigma_t = None
-        model = self.calibration.get("basis-res" if self.cfg.residual else "basis")
-        if model is not None:
-            from types import SimpleNamespace
-
-            res = SimpleNamespace(depth=depth_t, extras={"solution": prior["solution"],
-                                                         "basis": maps.E.to(depth_t.device).float()})
-            f = uncertainty_features("basis", res, mde, prior["uv"].to(mde.device), prior["z"].to(mde.device),
-                                     needed=model.needed(), edges=self._edges, coarse=True)
-            ls = (model.log_sigma(f).square() + (self.cfg.prior_sigma_growth * age) ** 2).sqrt()
-            sigma_t = (depth_t.unsqueeze(0) * ls)[0]
+        res = SimpleNamespace(depth=depth_t, extras={"solution": prior["solution"],
+                                                     "basis": maps.E.to(depth_t.device).float()})
+        sigma_t = self._sigma("basis", res, mde, prior["uv"], prior["z"], growth=self.cfg.prior_sigma_growth * age)
         depth, sigma, share = self._finish(depth_t, sigma_t, prior["z"])
         scale = (depth_t / mde).float().cpu().numpy()
         return FrameOutput(depth, scale, n, "prior", "", float("nan"), t, sigma=sigma, invalid_share=share)
