@@ -52,6 +52,24 @@ def save_strip(path: Path, frame, depth: np.ndarray, scale: np.ndarray, max_dept
     plt.close(fig)
 
 
+def frame_stages(rig, stamp_ns: int, timeout: float = 2.0) -> dict[str, float]:
+    """Stage latencies (ms) from the alignment diagnostics whose header stamp is ``stamp_ns``;
+    empty when none arrives within ``timeout`` (the caller says so instead of showing
+    another frame's numbers)."""
+    from .ros import conversions as cv
+
+    def find():
+        for dd in reversed(rig.diag):
+            if cv.stamp_ns(dd.header) == stamp_ns:
+                for st in dd.status:
+                    if st.name.endswith(": alignment"):
+                        return {kv.key[8:-3]: float(kv.value) for kv in st.values if kv.key.startswith("latency_")}
+        return None
+
+    rig.wait_for(lambda: find() is not None, timeout)
+    return find() or {}
+
+
 def main(argv: list[str] | None = None) -> float:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=10)
@@ -102,15 +120,13 @@ def main(argv: list[str] | None = None) -> float:
             mask = evaluation_mask(gt, max_depth, sky=torch.from_numpy(frame.labels == LABELS["sky"]))
             m = depth_metrics(torch.from_numpy(np.where(np.isfinite(d), d, np.nan)), gt, mask)
             rels.append(m["abs_rel"])
-            rig.wait_for(lambda: any(st.message in ("aligned",) or st.message.startswith("fallback")
-                                     for dd in rig.diag[-1:] for st in dd.status), 2.0)
-            stages = {kv.key[8:-3]: float(kv.value) for dd in rig.diag[-1:] for kv in dd.status[0].values
-                      if kv.key.startswith("latency_")}
-            stage_txt = " ".join(f"{k} {v:.1f}" for k, v in stages.items())
-            print(f"frame {i}: end-to-end {1000 * latency:.0f} ms [{stage_txt} ms]  "
+            stamp = cv.stamp_ns(rig.depth[-1].header)
+            stages = frame_stages(rig, stamp)  # this frame's own diagnostics, found by its stamp
+            stage_txt = (" ".join(f"{k} {v:.1f}" for k, v in stages.items()) + " ms") if stages else \
+                "stage times: no diagnostics for this frame's stamp"
+            print(f"frame {i}: end-to-end {1000 * latency:.0f} ms [{stage_txt}]  "
                   f"AbsRel {m['abs_rel']:.3f}  delta1 {m['delta1']:.3f}  coverage {m['coverage']:.3f}", flush=True)
             scale_msg = rig.scale[-1] if rig.scale else None
-            stamp = cv.stamp_ns(rig.depth[-1].header)
             rig.wait_for(lambda: any(cv.stamp_ns(u.header) == stamp for u in rig.uncertainty[-2:]), 2.0)
             unc = [u for u in rig.uncertainty[-2:] if cv.stamp_ns(u.header) == stamp]
             last = (frame, d, cv.image_to_array(scale_msg) if scale_msg is not None else np.ones_like(d),

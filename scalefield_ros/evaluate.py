@@ -599,10 +599,15 @@ def main(argv: list[str] | None = None) -> dict:
     ridge = a.ridge if a.ridge == "gcv" else float(a.ridge)
     basis_options = {"ridge": ridge, "robust": a.robust, "residual_bandwidth": a.residual_bandwidth,
                      "residual_shrink": a.residual_shrink}
-    ev = Evaluator(methods, regimes, backend, device, parse_checkpoints(a.checkpoint), a.ablation_checkpoint,
-                   basis_options, a.allow_mde_mismatch, cache, None if a.untuned else a.tuned, corrupt, a.edge_filter,
-                   None if a.uncertainty == "none" else a.uncertainty,
-                   (a.max_relative_uncertainty, a.max_extrapolation))
+    from .checkpoints import MDEMismatchError
+
+    try:
+        ev = Evaluator(methods, regimes, backend, device, parse_checkpoints(a.checkpoint), a.ablation_checkpoint,
+                       basis_options, a.allow_mde_mismatch, cache, None if a.untuned else a.tuned, corrupt,
+                       a.edge_filter, None if a.uncertainty == "none" else a.uncertainty,
+                       (a.max_relative_uncertainty, a.max_extrapolation))
+    except (MDEMismatchError, FileNotFoundError) as exc:  # a user's mistake: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
     for i in tqdm(range(len(ds)), desc="evaluating"):
         ev.run_sample(ds[i], i, out / f"sample_{i:02d}.png" if i < a.figures else None)
     results = ev.summary()

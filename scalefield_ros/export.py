@@ -187,6 +187,13 @@ def main(argv: list[str] | None = None) -> dict:
                    "generator, the user cache that generator_backend onnx reads)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against torch")
     a = p.parse_args(argv)
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:  # torch.onnx's exporter needs onnx and onnxscript; the parity check onnxruntime
+        print(f"error: export needs {', '.join(missing)}: pip install 'scalefield_ros[onnx]' "
+              "(or pip install onnx onnxscript onnxruntime)", file=sys.stderr)
+        raise SystemExit(2)
     ckpt = a.checkpoint or default_checkpoint("lidar")
     out = Path(a.out) if a.out else (onnx_path_for(ckpt) if a.checkpoint else cached_onnx_path(ckpt))
     try:

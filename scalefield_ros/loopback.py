@@ -114,8 +114,8 @@ class LoopbackRig:
         return cond()
 
     def publish(self, frame, stamp_ns: int | None = None, mutate=None, compressed: bool = False,
-                cloud_offset_ns: int = 0) -> dict:
-        """Publish a synthetic frame's image (raw or png), camera info and cloud."""
+                cloud_offset_ns: int = 0, only: tuple[str, ...] = ("image", "camera_info", "points")) -> dict:
+        """Publish a synthetic frame's image (raw or png), camera info and cloud (those in ``only``)."""
         from sensor_msgs.msg import CompressedImage
 
         from .data.writers import frame_messages
@@ -127,15 +127,18 @@ class LoopbackRig:
             msgs["points"].header = cv.make_header(self.types, s, msgs["points"].header.frame_id)
         if mutate:
             mutate(msgs)
-        if compressed:
+        if "image" not in only:
+            pass
+        elif compressed:
             import cv2
 
             _, buf = cv2.imencode(".png", np.ascontiguousarray(frame.rgb[..., ::-1]))
             self.pub_cimg.publish(CompressedImage(header=msgs["image"].header, format="png", data=buf.tobytes()))
         else:
             self.pub_img.publish(msgs["image"])
-        self.pub_info.publish(msgs["camera_info"])
-        if "points" in msgs:  # a mutate may drop the cloud (a LiDAR that stopped)
+        if "camera_info" in only:
+            self.pub_info.publish(msgs["camera_info"])
+        if "points" in msgs and "points" in only:  # a mutate may drop the cloud (a LiDAR that stopped)
             self.pub_cloud.publish(msgs["points"])
         return msgs
 

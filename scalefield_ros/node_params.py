@@ -6,6 +6,8 @@ ROS imports, so offline tools read the node's defaults without rclpy.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +105,9 @@ RUNTIME_CONFIG = ("max_depth", "gate_policy", "min_rank_correlation", "max_log_r
                   "temporal_prior", "prior_strength", "prior_decay", "prior_max_age", "prior_sigma_growth")
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def coerce_param(name: str, value: Any) -> Any:
     """An integer where a double is meant (``max_depth: 80`` in a YAML, ``ros2 param set ... 80``) is that double."""
     if isinstance(PARAM_DEFAULTS.get(name), float) and isinstance(value, int) and not isinstance(value, bool):
@@ -163,6 +168,20 @@ def validate_param(name: str, value: Any) -> str | None:
         return f"max_depth must be a float >= 0, got {value!r}"
     if name == "below_min_anchors" and value not in BELOW_MIN:
         return f"below_min_anchors must be one of {BELOW_MIN}, got {value!r}"
+    if name == "device" and not _DEVICE.fullmatch(str(value)):
+        return f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}"
+    if name in ("extrinsic_translation", "extrinsic_rotation"):
+        n = 3 if name == "extrinsic_translation" else 4
+        what = "[x, y, z] in metres" if n == 3 else "a quaternion [qx, qy, qz, qw]"
+        try:
+            vals = [float(x) for x in value]
+        except (TypeError, ValueError):
+            return f"{name} must be {n} numbers, {what}; got {value!r}"
+        if len(vals) != n or not all(math.isfinite(x) for x in vals):
+            return f"{name} must be {n} finite numbers, {what}; got {list(value)!r}"
+        if n == 4 and not 0.5 < math.sqrt(sum(x * x for x in vals)) < 2.0:
+            return f"extrinsic_rotation must be a unit quaternion [qx, qy, qz, qw]; got {vals!r} (norm " \
+                   f"{math.sqrt(sum(x * x for x in vals)):.3g})"
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport must be raw or compressed, got {value!r}"
     if name == "qos_reliability" and value not in ("best_effort", "reliable"):

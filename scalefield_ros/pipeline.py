@@ -26,7 +26,8 @@ BELOW_MIN = ("global", "skip")
 GATE_POLICIES = ("skip", "publish")
 GENERATOR_BACKENDS = ("torch", "onnx")
 #: What diagnostics say when a fit fails the sanity gate.
-GATE_MESSAGE = "anchors disagree with the depth network: check the extrinsic, the time sync and the cloud fields"
+GATE_MESSAGE = ("anchors disagree with the depth network: the network may be wrong on this frame, or check the "
+                "extrinsic, the time sync and the cloud fields")
 
 
 @dataclass

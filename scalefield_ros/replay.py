@@ -370,7 +370,23 @@ def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
             rig.pub_info.publish(deserialize_message(fs.raw["info"], CameraInfo))
             rig.pub_cloud.publish(deserialize_message(fs.raw["points"], PointCloud2))
             # One frame in flight at a time so that the node never drops (robots may; we score all).
-            if not rig.wait_for(lambda: len(rig.depth) > n, 30.0):
+            # A frame the node skips says so on /diagnostics with its stamp: no 30 s wait for it.
+            n_diag = len(rig.diag)
+
+            def skipped() -> str | None:
+                return next((st.message for dd in rig.diag[n_diag:] if cv.stamp_ns(dd.header) == fs.stamp
+                             for st in dd.status if st.message.startswith("skipped") or st.level == 2), None)
+
+            if not rig.wait_for(lambda: len(rig.depth) > n or skipped() is not None, 30.0):
+                print(f"frame {fs.stamp / 1e9:.3f}: no output from the node within 30 s (is it running, in "
+                      f"namespace {args.namespace or '/'!r}?)", file=sys.stderr)
+                continue
+            if len(rig.depth) <= n:
+                reason = skipped()
+                print(f"frame {fs.stamp / 1e9:.3f}: the node skipped it: {reason}", file=sys.stderr)
+                if "stale stamp" in reason:
+                    print("  the node has seen later stamps (this bag played into it before): it accepts the "
+                          "stream again after a few frames, or restart the node", file=sys.stderr)
                 continue
             msg = rig.depth[-1]
             d = cv.image_to_array(msg)

@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 import warnings
 import zlib
@@ -89,9 +90,10 @@ class TrainConfig:
         cfg = cls(**raw)
         if not cfg.data.startswith("synthetic"):
             ignored = [k for k in ("seeds", "frames") if k in raw and raw[k] != getattr(cls(), k)]
-            if ignored:
-                warnings.warn(f"{', '.join(ignored)} only apply to synthetic data and are ignored for {cfg.data!r}; "
-                              "use every / limit to subsample a file dataset", stacklevel=2)
+            if ignored:  # one line, no warnings-module source echo: the user acts on it, nothing broke
+                print(f"note: {', '.join(ignored)} only apply to synthetic data and are ignored for {cfg.data!r}; "
+                      "use every / limit (e.g. `every: 2`, `limit: 500`) to subsample a file dataset",
+                      file=sys.stderr)
         return cfg
 
 

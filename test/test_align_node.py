@@ -316,6 +316,8 @@ def test_demo_command(tmp_path, capsys):
 
     mean = demo.main(["--frames", "2", "--out", str(tmp_path), "--device", "cpu"])
     out = capsys.readouterr().out
+    frames = [ln for ln in out.splitlines() if ln.startswith("frame ")]
+    assert len(frames) == 2 and all("total" in ln and "solve" in ln for ln in frames), frames  # its own stamp's
     assert out.strip().splitlines()[-1].startswith("mean AbsRel: ")
     assert abs(float(out.strip().splitlines()[-1].split(":")[1]) - mean) < 1e-4
     assert mean < 0.2  # basis with LiDAR anchors on a held-out street (global alignment alone is ~0.3)

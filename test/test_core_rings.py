@@ -43,6 +43,25 @@ def test_scan_order_works_for_both_spin_directions():
     assert rings_from_scan_order(np.zeros((0, 3))).shape == (0,)
 
 
+@pytest.mark.parametrize("centre_deg", [0.0, 95.0, -60.0, 180.0])
+def test_scan_order_rings_on_a_scan_cropped_to_the_camera(street, centre_deg):
+    """A scan cropped to a 90 deg view (as datasets store it) keeps its rings, whatever
+    the view's direction (180: the crop straddles the +-pi seam), with returns missing."""
+    _, f, rings = street
+    az = np.degrees(np.arctan2(f.points[:, 1], f.points[:, 0]))
+    off = (az - centre_deg + 180.0) % 360.0 - 180.0
+    rng = np.random.default_rng(1)
+    keep = (np.abs(off) < 45.0) & (rng.random(len(az)) > 0.2)
+    pts, true = f.points[keep], rings[keep]
+    order = rings_from_scan_order(pts)
+    assert abs(len(np.unique(order)) - len(np.unique(true))) <= 2, (len(np.unique(order)), len(np.unique(true)))
+    if centre_deg == 180.0:  # the synthetic scanner's ring seam is at the rear: each found ring spans two beams
+        assert all(len(np.unique(true[order == k])) <= 2 for k in np.unique(order))
+        return
+    agree = sum(Counter(true[order == k]).most_common(1)[0][1] for k in np.unique(order)) / len(true)
+    assert agree > 0.99, agree
+
+
 def test_select_rings_spreads_evenly_and_keeps_all_when_asked_for_more():
     vis = np.arange(10, 50)
     sel = select_rings(vis, 4)

@@ -23,6 +23,23 @@ def test_package_xml_is_valid_format_3_with_ros_dependencies():
     assert {"launch_pytest", "python3-pytest"} <= {d.name for d in pkg.test_depends}
 
 
+def test_every_rosdep_key_resolves_on_noble():
+    """package.xml's keys are exactly those tools/rosdep_keys.py checked against ros/rosdistro
+    (rosdep/*.yaml for ubuntu noble, kilted/distribution.yaml): a key rosdep cannot resolve,
+    like the python3-safetensors-pip that broke `rosdep install`, fails here."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from rosdep_keys import package_keys
+    finally:
+        sys.path.pop(0)
+    stored = [ln.strip() for ln in (ROOT / "test/data/rosdep_keys_noble_kilted.txt").read_text().splitlines()
+              if ln.strip() and not ln.startswith("#")]
+    ours = package_keys(ROOT / "package.xml")
+    unchecked = sorted(set(ours) - set(stored))
+    assert not unchecked, f"run tools/rosdep_keys.py on a ros/rosdistro clone for: {unchecked}"
+    assert "python3-safetensors-pip" not in ours
+
+
 def test_setup_installs_what_ros2_run_and_launch_need():
     text = (ROOT / "setup.py").read_text()
     cfg = (ROOT / "setup.cfg").read_text()

@@ -8,7 +8,8 @@ occlusion filter unchanged.
 
 Ring ids come from the sensor when it says (a ``ring`` field, or the synthetic
 scanner's known beam elevations). For a raw scan stored in firing order (KITTI ``.bin``)
-they come from the order itself: a new ring starts where the azimuth wraps around.
+they come from the order itself: a new ring starts where the azimuth wraps around (or,
+for a scan cropped to the camera's view, turns back across the crop).
 Binning by elevation angle instead matches the true ring only a third to half of the
 time on real scans (the beams' vertical spacing is uneven and the sensor is tilted).
 """
@@ -23,13 +24,20 @@ import numpy as np
 RING_COUNTS: tuple[int, ...] = (4, 8, 16, 32, 64)
 
 
-def rings_from_scan_order(points: np.ndarray, min_jump: float = math.pi) -> np.ndarray:
-    """Ring id of every point of a scan stored in firing order, from azimuth wraps.
+def rings_from_scan_order(points: np.ndarray, min_jump: float = math.pi, partial_gap: float = math.pi / 4) -> np.ndarray:
+    """Ring id of every point of a scan stored in firing order, from where the azimuth turns back.
 
-    Within one ring the azimuth ``atan2(y, x)`` moves monotonically through a full turn;
-    between the last point of a ring and the first of the next it jumps back by nearly
-    2 pi. A jump larger than ``min_jump`` (either sign, so clockwise and counter-clockwise
-    sensors both work) starts a new ring.
+    Within one ring the azimuth ``atan2(y, x)`` moves one way through the part of the turn
+    that was kept; between the last point of a ring and the first of the next it jumps
+    back across that part. A full scan jumps by nearly 2 pi (``min_jump``, either sign, so
+    clockwise and counter-clockwise sensors both work). A scan cropped to the camera's field
+    of view -- its azimuths leave a gap wider than ``partial_gap`` -- jumps back by the
+    width of the crop (or of the ring's unblocked part) instead: there a new ring starts
+    where the azimuth steps against the scan direction by far more than the firing step
+    (20 steps, at least 1 degree, at most half the crop's width); the azimuths are first
+    turned so that the gap, not the crop, holds the +-pi seam. Where the sensor's own ring
+    seam lies inside the crop (a rear camera), each ring found is the end of one beam's
+    sweep and the start of the next: still one scan line, with a step at the seam.
 
     Args:
         points: ``(N, 3+)`` x, y, z in the LiDAR frame, in the order the sensor stored them.
@@ -41,7 +49,23 @@ def rings_from_scan_order(points: np.ndarray, min_jump: float = math.pi) -> np.n
     if pts.ndim != 2 or pts.shape[0] == 0:
         return np.zeros(0 if pts.ndim != 2 else pts.shape[0], np.int64)
     az = np.arctan2(pts[:, 1], pts[:, 0])
-    jump = np.abs(np.diff(az)) > min_jump
+    srt = np.sort(az)
+    gaps = np.diff(np.concatenate([srt, srt[:1] + 2 * math.pi]))
+    g = int(np.argmax(gaps))
+    if gaps[g] <= partial_gap or len(az) < 3:
+        jump = np.abs(np.diff(az)) > min_jump
+        return np.concatenate([[0], np.cumsum(jump)]).astype(np.int64)
+    # partial scan: seam in the middle of the empty sector, then the azimuth never wraps
+    seam = srt[g] + gaps[g] / 2
+    a = np.mod(az - seam, 2 * math.pi)
+    width = float(a.max() - a.min())
+    d = np.diff(a)
+    small = d[np.abs(d) < 0.25 * width]
+    direction = 1.0 if small.size == 0 or np.median(small) >= 0 else -1.0
+    # a ring that was partly blocked covers less than the crop: any clear step back (far
+    # above the firing step's jitter) ends a ring, never more than half the crop's width
+    step = float(np.median(np.abs(small))) if small.size else 0.0
+    jump = -direction * d > min(0.5 * width, max(20.0 * step, math.radians(1.0)))
     return np.concatenate([[0], np.cumsum(jump)]).astype(np.int64)
 
 

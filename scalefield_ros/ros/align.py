@@ -24,15 +24,17 @@ import rclpy.duration
 import rclpy.time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from ..core.transforms import quaternion_matrix
-from ..node_params import NODE_RUNTIME, PARAM_RANGES, PARAMS, apply_changes, check_changes, coerce_param, \
-    pipeline_config, validate_param
+from ..node_params import (NODE_RUNTIME, PARAM_DEFAULTS, PARAM_RANGES, PARAMS, apply_changes, check_changes,
+                           coerce_param, pipeline_config, validate_param)
 from ..pipeline import GATE_MESSAGE, MetricDepthPipeline
 from . import conversions as cv
 from .monitor import InputMonitor
@@ -46,6 +48,9 @@ NODE_NAME = "scalefield_align"
 #: An image older than the last one taken by at most this much is out of order and skipped;
 #: a larger jump back is a bag loop or clock reset and restarts the stream.
 STALE_WINDOW_NS = 5_000_000_000
+#: Frames in a row older than the last one taken, each newer than the one before, that make
+#: a restarted stream (a bag played again) rather than out-of-order delivery.
+RESTART_AFTER = 3
 #: Period (s) of the input status on /diagnostics.
 STATUS_PERIOD = 1.0
 
@@ -56,9 +61,11 @@ def _listened(pub) -> bool:
 
 
 def reason_kind(reason: str) -> str:
-    """A short key for why a frame was not published (diagnostics ``dropped_<kind>``)."""
-    for key, kind in (("stale", "stale"), ("disagree", "sanity_gate"), ("anchor", "anchors"), ("cloud", "cloud"),
-                      ("LiDAR", "anchors"), ("error", "error")):
+    """A short key for why a frame was not published (diagnostics ``dropped_<kind>``).
+
+    Callers that know the kind pass it to ``_skip``; this reads the pipeline's reasons."""
+    for key, kind in (("stale", "stale"), ("disagree", "sanity_gate"), ("min_anchors", "anchors"),
+                      ("anchor", "anchors"), ("LiDAR", "anchors"), ("cloud", "cloud")):
         if key in reason:
             return kind
     return "input"
@@ -80,6 +87,8 @@ class AlignCore:
         self._warned_distortion = False
         self._diag_s = 0.0  # the last frame's diagnostics (s), counted in the next frame's overhead
         self._last_stamp: int | None = None
+        self.restarts = 0
+        self._behind: list[int] = []  # stamps of the stale frames in a row (restart detection)
         self.sync_kind = ""
         for p in PARAMS:
             desc = ParameterDescriptor(description=p.description + ("" if p.dynamic else " (read at start)"),
@@ -92,7 +101,17 @@ class AlignCore:
                     desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
                 else:
                     desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
-            self.declare_parameter(p.name, p.default, desc)
+            try:
+                self.declare_parameter(p.name, p.default, desc)
+            except InvalidParameterValueException:  # out of the declared range: our own one-line reason
+                given = getattr(self, "_parameter_overrides", {}).get(p.name)
+                value = coerce_param(p.name, given.value) if given is not None else None
+                raise ValueError(f"parameter {validate_param(p.name, value) or p.name + ' is out of range'}") \
+                    from None
+            if isinstance(p.default, float) and isinstance(self.get_parameter(p.name).value, int):
+                # `max_depth: 80` in a YAML: stored as the double it means, so its type never changes
+                self.set_parameters([Parameter(p.name, value=float(self.get_parameter(p.name).value))])
+        self.add_pre_set_parameters_callback(self._as_declared_types)
         self.add_on_set_parameters_callback(self._on_params)
 
     # -- parameters -------------------------------------------------------------------
@@ -104,6 +123,12 @@ class AlignCore:
             if err:
                 raise ValueError(f"parameter {err}")
         return v
+
+    def _as_declared_types(self, params: list) -> list:
+        """An integer set on a double parameter (``ros2 param set ... 80``) is stored as that double."""
+        return [Parameter(p.name, value=float(p.value))
+                if isinstance(PARAM_DEFAULTS.get(p.name), float) and p.type_ == Parameter.Type.INTEGER else p
+                for p in params]
 
     def _on_params(self, params) -> SetParametersResult:
         changes = {p.name: coerce_param(p.name, p.value) for p in params}
@@ -222,21 +247,28 @@ class AlignCore:
 
     # -- input ------------------------------------------------------------------------
     def _feeder(self, i: int, name: str):
-        def cb(msg) -> None:
+        def cb(msg, info) -> None:  # rclpy passes the MessageInfo (publisher sequence numbers) to 2-arg callbacks
             stamp = cv.stamp_ns(msg.header)
-            self.monitor.received(name, stamp)
+            self.monitor.received(name, stamp, info)
             self.sync.add(i, msg, stamp)
         return cb
 
     def _on_synced(self, img, info, cloud) -> None:
         self.monitor.synchronised()
+        bad = cv.stamp_problem(img.header, info.header, cloud.header)
+        if bad:  # never copied into an output, never the reference for staleness
+            return self._skip(None, bad, kind="input")
         stamp = cv.stamp_ns(img.header)
         if self._last_stamp is not None and stamp <= self._last_stamp:
-            if self._last_stamp - stamp <= STALE_WINDOW_NS:
-                return self._skip(img.header, f"stale stamp: {(self._last_stamp - stamp) / 1e9:.3f} s older than "
-                                              "the last frame taken (out of order)")
-            self.get_logger().warning("time went backwards by more than 5 s (bag loop or clock reset); "
-                                      "accepting the new stamps")
+            back = (self._last_stamp - stamp) / 1e9
+            if back * 1e9 <= STALE_WINDOW_NS and not self._restarted(stamp):
+                return self._skip(img.header, f"stale stamp: {back:.3f} s older than the last frame taken (out of "
+                                              f"order; {RESTART_AFTER} in a row, rising again, restart the stream)",
+                                  kind="stale")
+            self.get_logger().warning(f"stream restarted: stamps went back by {back:.3f} s (a bag replayed again, "
+                                      "a clock reset or a driver restart); accepting the new stamps")
+            self.restarts += 1
+        self._behind = []
         self._last_stamp = stamp
         with self._lock:
             if self._latest is not None:
@@ -248,6 +280,14 @@ class AlignCore:
             self._latest = (img, info, cloud)
             self.frames_in += 1
             self._lock.notify()
+
+    def _restarted(self, stamp: int) -> bool:
+        """This stale frame completes ``RESTART_AFTER`` in a row with rising stamps: the
+        stream restarted behind the last stamp taken (out-of-order frames do not rise)."""
+        if self._behind and stamp <= self._behind[-1]:
+            self._behind = []
+        self._behind.append(stamp)
+        return len(self._behind) >= RESTART_AFTER
 
     def _work(self) -> None:
         while True:
@@ -280,11 +320,14 @@ class AlignCore:
                                       throttle_duration_sec=5.0)
             return self.T_param
 
-    def _skip(self, header, reason: str, error: bool = False) -> None:
+    def _skip(self, header, reason: str, error: bool = False, kind: str | None = None) -> None:
         self.frames_skipped += 1
-        self.monitor.drop(reason_kind(reason))
-        log = self.get_logger().error if error else self.get_logger().warning
-        log(f"frame skipped: {reason}", throttle_duration_sec=5.0)
+        self.monitor.drop(kind or reason_kind(reason))
+        # One call site per severity: rclpy raises when a throttled call site changes severity.
+        if error:
+            self.get_logger().error(f"frame skipped: {reason}", throttle_duration_sec=5.0)
+        else:
+            self.get_logger().warning(f"frame skipped: {reason}", throttle_duration_sec=5.0)
         self._diagnose(header, None, reason, error)
 
     def _process(self, img, info, cloud) -> None:
@@ -293,9 +336,9 @@ class AlignCore:
         try:
             frame = cv.decode_frame(img, info, cloud, self.compressed)
         except cv.ConversionError as exc:
-            return self._skip(img.header, str(exc))
+            return self._skip(img.header, str(exc), kind=exc.kind)
         if frame.cloud_problem and not pipeline.has_prior:
-            return self._skip(img.header, frame.cloud_problem)
+            return self._skip(img.header, frame.cloud_problem, kind="cloud")
         rgb, cam, pts = frame.rgb, frame.camera, frame.points
         if np.any(cam.distortion) and not self._warned_distortion:
             self._warned_distortion = True
@@ -366,16 +409,26 @@ class AlignCore:
                 (reason if error else f"skipped: {reason}")
             values["fallback"] = "skip"
         st = DiagnosticStatus(level=level, name=f"{self.get_name()}: alignment", message=message,
-                              hardware_id=header.frame_id,
+                              hardware_id=header.frame_id if header is not None else "",
                               values=[KeyValue(key=k, value=str(val)) for k, val in values.items()])
-        self.pub_diag.publish(DiagnosticArray(header=header, status=[st]))
+        arr = DiagnosticArray(status=[st])
+        if header is not None:
+            arr.header = header
+        else:  # the frame's own header was invalid
+            arr.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(arr)
 
     def _publish_status(self) -> None:
         """The 1 Hz input status: rates, last stamps, synchronised share, drops by reason;
         WARN naming an input that stopped, STALE when nothing arrives."""
         level, message, values = self.monitor.status()
+        with self._lock:
+            pending = int(self._latest is not None)
+        # synchronised = published + skipped (each reason) + dropped (newest wins) + in flight
         values.update(frames_published=str(self.frames_done), frames_dropped_worker_busy=str(self.frames_dropped),
-                      frames_skipped=str(self.frames_skipped), sync=self.sync_kind)
+                      frames_skipped=str(self.frames_skipped), frames_pending=str(pending), sync=self.sync_kind,
+                      stream_restarts=str(self.restarts),
+                      frames_accounted=str(self.frames_done + self.frames_skipped + self.frames_dropped + pending))
         st = DiagnosticStatus(level=bytes([level]), name=f"{self.get_name()}: inputs", message=message,
                               hardware_id=self.get_name(),
                               values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])

@@ -28,11 +28,27 @@ POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f
 
 
 class ConversionError(ValueError):
-    """A message that cannot be converted; the text says what was wrong."""
+    """A message that cannot be converted; the text says what was wrong, ``kind`` which
+    input it was (``input`` for image/CameraInfo, ``cloud``), as diagnostics count drops."""
+
+    def __init__(self, message: str, kind: str = "input") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def stamp_problem(*headers: Any) -> str:
+    """"" when every header's stamp is a valid ``builtin_interfaces/Time`` (0 <= nanosec < 1e9),
+    else why not (such a stamp would be copied into the outputs and poison staleness)."""
+    for h in headers:
+        ns = int(h.stamp.nanosec)
+        if not 0 <= ns < 1_000_000_000:
+            return (f"invalid header stamp on frame {h.frame_id!r}: nanosec = {ns} (must be below 1e9); "
+                    "fix the driver's time stamping")
+    return ""
 
 
 def _raw(msg: Any, what: str) -> np.ndarray:
@@ -86,14 +102,45 @@ def image_to_array(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(arr[..., ::-1] if bgr else arr)
 
 
-def compressed_to_array(msg: Any) -> np.ndarray:
-    """CompressedImage (jpeg/png) -> ``(H, W, 3)`` uint8 RGB, decoded with OpenCV."""
+#: Largest image the node decodes (pixels): a 64 MP frame is no camera the MDE can take in time.
+MAX_PIXELS = 64_000_000
+
+
+def _encoded_size(raw: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) read from a PNG's IHDR or a JPEG's SOF header, without decoding."""
+    b = raw[:65536].tobytes()
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) >= 24:
+        return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
+    if b[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(b):
+            if b[i] != 0xFF:
+                return None
+            marker, length = b[i + 1], int.from_bytes(b[i + 2:i + 4], "big")
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                return int.from_bytes(b[i + 7:i + 9], "big"), int.from_bytes(b[i + 5:i + 7], "big")
+            i += 2 + length
+    return None
+
+
+def compressed_to_array(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """CompressedImage (jpeg/png) -> ``(H, W, 3)`` uint8 RGB, decoded with OpenCV.
+
+    The size in the PNG/JPEG header is checked against ``max_pixels`` before decoding."""
     import cv2
 
     fmt = (msg.format or "").lower()
     if fmt and not any(k in fmt for k in ("jpeg", "jpg", "png")):
         raise ConversionError(f"unsupported CompressedImage format {msg.format!r}; use jpeg or png")
-    img = cv2.imdecode(_raw(msg, "compressed image"), cv2.IMREAD_COLOR)
+    raw = _raw(msg, "compressed image")
+    if raw.size == 0:
+        raise ConversionError(f"CompressedImage ({msg.format!r}) has no data (0 bytes)")
+    if max_pixels:
+        size = _encoded_size(raw)
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise ConversionError(f"CompressedImage is {size[0]}x{size[1]} pixels, more than the {max_pixels} "
+                                  "this node decodes; send a smaller image (or resize it before the node)")
+    img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
     if img is None:
         raise ConversionError(f"CompressedImage ({msg.format!r}, {len(msg.data)} bytes) could not be decoded")
     return np.ascontiguousarray(img[..., ::-1])
@@ -115,7 +162,7 @@ def _cloud_records(msg: Any, names: list[str], coords: bool = False) -> np.ndarr
     step = int(msg.point_step)
     raw = _raw(msg, "cloud")
     order = ">" if msg.is_bigendian else "<"
-    formats, offsets = [], []
+    formats, offsets, spans = [], [], []
     for name in names:
         f = fields[name]
         if f.datatype not in POINTFIELD_DTYPES:
@@ -127,8 +174,15 @@ def _cloud_records(msg: Any, names: list[str], coords: bool = False) -> np.ndarr
         if int(f.offset) < 0 or int(f.offset) + size > step:
             raise ConversionError(f"PointCloud2 field {name} at offset {f.offset} ({size} bytes) does not fit in "
                                   f"point_step {step}")
+        spans.append((int(f.offset), size))
         formats.append(order + POINTFIELD_DTYPES[f.datatype])
         offsets.append(int(f.offset))
+    for i, (off, size) in enumerate(spans):
+        for j in range(i):
+            if off < spans[j][0] + spans[j][1] and spans[j][0] < off + size:
+                raise ConversionError(f"PointCloud2 fields {names[j]} (offset {spans[j][0]}, {spans[j][1]} bytes) and "
+                                      f"{names[i]} (offset {off}, {size} bytes) overlap: the field table does not "
+                                      "describe this cloud", kind="cloud")
     if n > 0 and int(msg.row_step) < width * step:
         raise ConversionError(f"PointCloud2 row_step {msg.row_step} is shorter than width {width} x point_step {step}")
     if n > 0 and raw.size != height * int(msg.row_step):
@@ -204,6 +258,8 @@ class CameraModel:
 #: Plausible focal lengths, as multiples of the image's larger side: a horizontal field of
 #: view between about 1 degree (100x) and 174 degrees (0.05x).
 FOCAL_RANGE = (0.05, 100.0)
+#: Largest skew K[0][1] as a share of fx (real cameras have 0; calibrators report tiny values).
+MAX_SKEW = 0.1
 
 
 def check_intrinsics(K: np.ndarray, width: int, height: int) -> None:
@@ -216,6 +272,9 @@ def check_intrinsics(K: np.ndarray, width: int, height: int) -> None:
     """
     if not np.all(np.isfinite(K)):
         raise ConversionError(f"CameraInfo K has NaN or inf entries: {K.ravel().tolist()}")
+    if abs(K[2, 2] - 1.0) > 1e-6 or np.any(np.abs([K[1, 0], K[2, 0], K[2, 1]]) > 1e-9):
+        raise ConversionError(f"CameraInfo K is not a pinhole matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]]: "
+                              f"K = {K.ravel().tolist()}; check the calibration file")
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     side = max(width, height)
     lo, hi = FOCAL_RANGE[0] * side, FOCAL_RANGE[1] * side
@@ -225,6 +284,9 @@ def check_intrinsics(K: np.ndarray, width: int, height: int) -> None:
                                   f"(expected {lo:g}..{hi:g}); check the calibration and its units")
     if width > 0 and height > 0 and not (0 <= cx <= width and 0 <= cy <= height):
         raise ConversionError(f"CameraInfo principal point ({cx:g}, {cy:g}) is outside the {width}x{height} image")
+    if abs(K[0, 1]) > MAX_SKEW * fx:
+        raise ConversionError(f"CameraInfo skew K[0][1] = {K[0, 1]:g} is implausible for fx = {fx:g} (at most "
+                              f"{MAX_SKEW:g} fx); check the calibration")
 
 
 def camera_info_to_model(msg: Any) -> CameraModel:
@@ -262,7 +324,10 @@ def decode_frame(image: Any, info: Any, cloud: Any, compressed: bool = False) ->
     h, w = rgb.shape[:2]
     if (cam.width, cam.height) != (w, h):
         raise ConversionError(f"image is {w}x{h} but CameraInfo says {cam.width}x{cam.height}")
-    pts = cloud_to_xyz(cloud)
+    try:
+        pts = cloud_to_xyz(cloud)
+    except ConversionError as exc:
+        raise ConversionError(str(exc), kind="cloud") from None
     total = int(cloud.width) * int(cloud.height)
     problem = "" if len(pts) else ("empty point cloud" if total == 0 else
                                    f"point cloud has no finite points ({total} points, all NaN/inf)")
@@ -426,8 +491,9 @@ def scale_to_color(scale: np.ndarray, lo: float | None = None, hi: float | None 
     """Colour-map ``s(x)`` on a log axis to ``bgr8`` for rviz; NaN (and negative) -> black.
 
     ``lo``/``hi``: the scales at the ends of the colour map; by default the 2nd and 98th
-    percentiles of the frame. One clip, one OpenCV scale-and-round (NaN rounds to 0, the
-    black entry) and one table look-up.
+    percentiles of the frame. One clip, NaN patched to the value that maps to 0 (the black
+    entry; OpenCV 5 no longer rounds NaN to 0 itself), one OpenCV scale-and-round and one
+    table look-up.
     """
     import cv2
 
@@ -443,4 +509,5 @@ def scale_to_color(scale: np.ndarray, lo: float | None = None, hi: float | None 
     hi = float(np.log(hi)) if hi else float(p98)
     np.clip(ls, lo, hi, out=ls)  # NaN stays NaN
     a = 254.0 / max(hi - lo, 1e-6)
+    cv2.patchNaNs(ls, lo - 1.0 / a)
     return cv2.applyColorMap(cv2.convertScaleAbs(ls, alpha=a, beta=1.0 - lo * a), _color_lut())

@@ -1,8 +1,10 @@
 """What the node's inputs are doing, for the 1 Hz diagnostics (no ROS imports).
 
 Counts per input (image, camera info, cloud): messages, arrival rate over a sliding
-window, the last header stamp and how long ago the last message came; the synchronised
-triples and the frames that did not make it, by reason. ``status()`` turns that into a
+window, the last header stamp and how long ago the last message came, the messages that
+never became part of a synchronised triple, and -- where the middleware reports the
+publisher's sequence numbers -- how many its publishers sent and how many were lost on the
+way; the synchronised triples and the frames that did not make it, by reason. ``status()`` turns that into a
 diagnostic level in the ``diagnostic_updater`` sense: OK, WARN naming the input that went
 silent while others still arrive, STALE when nothing arrives.
 """
@@ -32,11 +34,20 @@ class InputMonitor:
         self.last_seen = {k: None for k in INPUTS}
         self.synced = 0
         self.dropped = Counter()  # reason -> frames
+        # (input, publisher gid) -> [first sequence number, last, received]
+        self.sequences: dict[tuple[str, bytes], list[int]] = {}
 
-    def received(self, name: str, stamp_ns: int) -> None:
+    def received(self, name: str, stamp_ns: int, info: dict | None = None) -> None:
+        """One message on ``name``; ``info``: rclpy's MessageInfo when the callback got it."""
         now = self.clock()
         with self._lock:
             self.counts[name] += 1
+            seq = (info or {}).get("publication_sequence_number")
+            if seq:
+                key = (name, bytes((info.get("publisher_gid") or {}).get("data", b"")))
+                rec = self.sequences.setdefault(key, [seq, seq, 0])  # a restarted publisher has a new gid
+                rec[0], rec[1] = min(rec[0], seq), max(rec[1], seq)
+                rec[2] += 1
             q = self.arrivals[name]
             q.append(now)
             while q and now - q[0] > RATE_WINDOW:
@@ -72,6 +83,15 @@ class InputMonitor:
                                              else f"{self.last_stamp_ns[k] / 1e9:.3f}")
                 values[f"{k}_age_s"] = ("never" if self.last_seen[k] is None
                                         else f"{now - self.last_seen[k]:.2f}")
+                # every message is either in a synchronised triple or here (or still queued)
+                values[f"{k}_not_synchronised"] = str(max(0, self.counts[k] - self.synced))
+                recs = [r for (n, _), r in self.sequences.items() if n == k]
+                if recs:  # what the publishers sent since we first heard them, and what never arrived
+                    sent = sum(r[1] - r[0] + 1 for r in recs)
+                    values[f"{k}_sent"] = str(sent)
+                    values[f"{k}_lost"] = str(max(0, sent - sum(r[2] for r in recs)))
+                else:
+                    values[f"{k}_sent"] = values[f"{k}_lost"] = "unknown"
             images = self.counts["image"]
             values["synchronised"] = str(self.synced)
             values["synchronised_share"] = f"{self.synced / images:.3f}" if images else "nan"

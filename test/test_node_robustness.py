@@ -1,0 +1,215 @@
+"""Defects adversarial testing found in the node: each input is refused with its reason,
+counted under the right drop reason, and the next valid frame still publishes."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from ros_harness import Harness, world_overrides  # noqa: E402
+from scalefield_ros.data.synthetic import SyntheticWorld  # noqa: E402
+from scalefield_ros.node_params import validate_param  # noqa: E402
+from scalefield_ros.pipeline import GATE_MESSAGE  # noqa: E402
+from scalefield_ros.ros import conversions as cv  # noqa: E402
+
+WORLD = SyntheticWorld("street", 9003)
+FRAME = WORLD.frame(0)
+BASE = 1_790_000_000_000_000_000
+
+
+@pytest.fixture(scope="module")
+def h():
+    rig = Harness(world_overrides(WORLD, max_depth=80), reliability=rclpy.qos.ReliabilityPolicy.RELIABLE)
+    rig.step = 0
+    yield rig
+    rig.close()
+
+
+def _next_stamp(h) -> int:
+    h.step += 1
+    return BASE + h.step * 100_000_000
+
+
+def _status(h, name: str) -> dict:
+    for d in reversed(h.diag):
+        for st in d.status:
+            if st.name.endswith(name):
+                return {kv.key: kv.value for kv in st.values}
+    return {}
+
+
+def _publish_expect(h, mutate, reason_part: str, level=DiagnosticStatus.WARN):
+    """A bad frame is skipped with ``reason_part`` at ``level``, then a valid one publishes."""
+    n_depth, n_diag = len(h.depth), len(h.diag)
+    h.publish(FRAME, stamp_ns=_next_stamp(h), mutate=mutate)
+    ok = h.wait_for(lambda: any(reason_part in st.message for d in h.diag[n_diag:] for st in d.status), 20.0)
+    assert ok, [st.message for d in h.diag[n_diag:] for st in d.status]
+    st = [st for d in h.diag[n_diag:] for st in d.status if reason_part in st.message][0]
+    assert st.level == level, (st.level, st.message)
+    assert len(h.depth) == n_depth
+    h.publish(FRAME, stamp_ns=_next_stamp(h))
+    assert h.wait_for(lambda: len(h.depth) > n_depth, 20.0), h.diag_messages()[-3:]
+    return st
+
+
+def _scramble_cloud(m):
+    """Every point's range multiplied by a random factor 0.2-5: anchors that disagree with any network."""
+    rec = np.frombuffer(bytes(m["points"].data), np.float32).reshape(-1, 4).copy()
+    rng = np.random.default_rng(0)
+    rec[:, :3] *= rng.uniform(0.2, 5.0, (len(rec), 1)).astype(np.float32)
+    m["points"] = cv.make_cloud(m["types"], rec, m["points"].header)
+
+
+def test_gate_after_a_warning_is_an_error_counted_once(h):
+    """A warning skip, then a gate failure: ERROR with the gate's reason, one drop, no rclpy error."""
+    def empty(m):
+        m["points"].width, m["points"].row_step, m["points"].data = 0, 0, []
+
+    _publish_expect(h, empty, "empty point cloud")
+
+    def scramble(m):
+        m["types"] = h.types
+        _scramble_cloud(m)
+        del m["types"]
+
+    before = _status(h, "alignment")
+    st = _publish_expect(h, scramble, GATE_MESSAGE, level=DiagnosticStatus.ERROR)
+    assert "network may be wrong" in st.message
+    assert "Logger severity" not in " ".join(h.diag_messages())
+    assert h.wait_for(lambda: "dropped_sanity_gate" in _status(h, "inputs"), 5.0)
+    inputs = _status(h, "inputs")
+    assert inputs["dropped_sanity_gate"] == "1" and "dropped_error" not in inputs, inputs
+    assert int(_status(h, "alignment")["frames_skipped"]) == int(before.get("frames_skipped", 0)) + 1
+
+
+@pytest.mark.parametrize("k22, skew", [(2.0, 0.0), (0.0, 0.0), (1.0, 1e6)])
+def test_non_pinhole_camera_info_is_an_input_skip(h, k22, skew):
+    def mutate(m):
+        K = list(m["camera_info"].k)
+        K[8], K[1] = k22, skew
+        m["camera_info"].k = K
+
+    _publish_expect(h, mutate, "CameraInfo")
+    assert h.wait_for(lambda: "dropped_input" in _status(h, "inputs"), 5.0)
+    assert "dropped_anchors" not in _status(h, "inputs")
+
+
+def test_invalid_nanosec_is_refused_and_never_copied(h):
+    """nanosec >= 1e9 (rclpy's uint32 takes it; C++ drivers send it): skipped as input, the
+    next valid frame is not mistaken for a stale one."""
+    def mutate(m):
+        for msg in m.values():
+            msg.header.stamp.nanosec = 1_500_000_000
+
+    n_depth = len(h.depth)
+    _publish_expect(h, mutate, "nanosec = 1500000000")
+    assert all(d.header.stamp.nanosec < 1_000_000_000 for d in h.depth[n_depth:])
+
+
+def test_overlapping_cloud_fields_are_refused(h):
+    def mutate(m):
+        for f in m["points"].fields:
+            f.datatype = 8  # FLOAT64 declared at offsets 0/4/8: fields overlap
+    _publish_expect(h, mutate, "overlap")
+    assert h.wait_for(lambda: "dropped_cloud" in _status(h, "inputs"), 5.0)
+
+
+def test_every_message_is_accounted_for(h):
+    """Published + skipped + dropped + pending = synchronised; sent and lost per input from
+    the publishers' sequence numbers; messages outside a triple are counted per input."""
+    for _ in range(2):
+        n = len(h.depth)
+        h.publish(FRAME, stamp_ns=_next_stamp(h))
+        assert h.wait_for(lambda: len(h.depth) > n, 20.0)
+    # a lone cloud and a lone camera info never match an image
+    h.publish(FRAME, stamp_ns=_next_stamp(h), only=("points", "camera_info"))
+    n = len(h.depth)
+    h.publish(FRAME, stamp_ns=_next_stamp(h) + 1_000_000_000)
+    assert h.wait_for(lambda: len(h.depth) > n, 20.0)
+    h.step += 20
+    n_diag = len(h.diag)
+    assert h.wait_for(lambda: any(st.name.endswith("inputs") for d in h.diag[n_diag:] for st in d.status), 5.0)
+    s = _status(h, "inputs")
+    assert int(s["frames_accounted"]) == int(s["synchronised"]), s
+    for k in ("image", "camera_info", "cloud"):
+        assert int(s[f"{k}_sent"]) >= int(s[f"{k}_received"]) and s[f"{k}_lost"] == "0", s
+    assert int(s["cloud_not_synchronised"]) >= 1 and int(s["camera_info_not_synchronised"]) >= 1, s
+
+
+def test_integer_on_a_double_parameter_keeps_its_type(h):
+    assert h.node.get_parameter("max_depth").type_ == Parameter.Type.DOUBLE  # given as 80 at start
+    res = h.node.set_parameters([Parameter("max_relative_uncertainty", value=1)])
+    assert res[0].successful, res[0].reason
+    p = h.node.get_parameter("max_relative_uncertainty")
+    assert p.type_ == Parameter.Type.DOUBLE and p.value == 1.0
+    h.node.set_parameters([Parameter("max_relative_uncertainty", value=0.4)])
+
+
+def test_compressed_edge_cases_have_clear_reasons():
+    import cv2
+
+    empty = type("C", (), {"format": "png", "data": b""})()
+    with pytest.raises(cv.ConversionError, match="no data"):
+        cv.compressed_to_array(empty)
+    ok, png = cv2.imencode(".png", np.zeros((4, 6, 3), np.uint8))
+    raw = bytearray(png.tobytes())
+    raw[16:20] = (10000).to_bytes(4, "big")  # IHDR claims 10000x10000: refused before decoding
+    raw[20:24] = (10000).to_bytes(4, "big")
+    with pytest.raises(cv.ConversionError, match="10000x10000"):
+        cv.compressed_to_array(type("C", (), {"format": "png", "data": bytes(raw)})())
+    ok, jpg = cv2.imencode(".jpg", np.zeros((40, 60, 3), np.uint8))
+    assert cv._encoded_size(np.frombuffer(jpg.tobytes(), np.uint8)) == (60, 40)
+    assert cv.compressed_to_array(type("C", (), {"format": "jpeg", "data": jpg.tobytes()})()).shape == (40, 60, 3)
+
+
+def test_start_values_are_validated():
+    assert validate_param("device", "tpu") and validate_param("device", "cuda:1") is None
+    assert "3 finite numbers" in validate_param("extrinsic_translation", [0.0, float("nan"), 0.0])
+    assert "4 finite numbers" in validate_param("extrinsic_rotation", [0.0, 0.0, 1.0])
+    assert "unit quaternion" in validate_param("extrinsic_rotation", [0.0, 0.0, 0.0, 0.0])
+    assert validate_param("extrinsic_rotation", [0.5, -0.5, 0.5, 0.5]) is None
+
+
+@pytest.mark.parametrize("arg, reason", [
+    ("ridge_lambda:=500.0", "ridge_lambda must be a float in (0, 100]"),
+    ("ridge_lambda:=abc", "ridge_lambda must be a number"),
+    ("torch_threads:=-3", "torch_threads must be within"),
+    ("device:=tpu", "device must be auto, cpu"),
+    ("extrinsic_rotation:=[0.0,0.0,1.0]", "extrinsic_rotation must be 4 finite numbers"),
+])
+def test_bad_start_parameter_is_one_line(arg, reason):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "scalefield_ros.align_node", "--ros-args", "-p", arg],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot start: parameter" in lines[0] and reason in lines[0], r.stderr[-2000:]
+
+
+def test_a_bag_played_again_is_a_restarted_stream(h):
+    """The same stamps again (a jump back under the 5 s stale window): out of order for the
+    first frames, then recognised as a restarted stream and published, and said so."""
+    first = _next_stamp(h) + 3_000_000_000  # after anything the other tests sent
+    for i in range(3):
+        n = len(h.depth)
+        h.publish(FRAME, stamp_ns=first + i * 100_000_000)
+        assert h.wait_for(lambda: len(h.depth) > n, 20.0)
+    h.step += 3
+    n_depth, n_diag = len(h.depth), len(h.diag)
+    from scalefield_ros.ros.align import RESTART_AFTER
+
+    for i in range(RESTART_AFTER):  # played again from the start
+        h.publish(FRAME, stamp_ns=first + i * 100_000_000)
+        h.wait_for(lambda: len(h.depth) > n_depth or len(h.diag) > n_diag + i, 10.0)
+    assert h.wait_for(lambda: len(h.depth) > n_depth, 20.0), h.diag_messages()[n_diag:]
+    stale = [m for m in h.diag_messages()[n_diag:] if "stale stamp" in m]
+    assert len(stale) == RESTART_AFTER - 1, stale
+    assert h.wait_for(lambda: _status(h, "inputs").get("stream_restarts") == "1", 5.0)
+    h.step += 40
