@@ -6,22 +6,10 @@ from setuptools import find_packages, setup
 
 PACKAGE = "scalefield_ros"
 
-# Executables: `ros2 run scalefield_ros <name>` after colcon build, plain commands after pip.
-EXECUTABLES = {
-    "align_node": "align_node",
-    "align_lifecycle_node": "align_lifecycle_node",
-    "export": "export",
-    "demo": "demo",
-    "train": "train",
-    "evaluate": "evaluate",
-    "synth": "synth",
-    "replay": "replay",
-    "bench": "bench",
-    "tune": "tune",
-    "calibrate": "calibrate",
-    "stability": "stability",
-    "train_embedded_mde": "mde.train_embedded",
-}
+# Executables (`ros2 run scalefield_ros <name>` after colcon build, plain commands after pip):
+# scalefield_ros/entry.py maps each to its module's main() and turns the result into an exit status.
+EXECUTABLES = ("align_node", "align_lifecycle_node", "export", "demo", "train", "evaluate", "synth", "replay",
+               "bench", "tune", "calibrate", "stability", "selfval_check", "docs_pages", "train_embedded_mde")
 
 setup(
     name=PACKAGE,
@@ -66,6 +54,6 @@ setup(
     license="Apache-2.0",
     tests_require=["pytest"],
     entry_points={
-        "console_scripts": [f"{exe} = {PACKAGE}.{mod}:main" for exe, mod in EXECUTABLES.items()],
+        "console_scripts": [f"{exe} = {PACKAGE}.entry:{exe}" for exe in EXECUTABLES],
     },
 )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,14 @@ from .core import make
 from .core.anchors import DROP_COUNTS, REGIMES, drop_anchor_sets, grid_candidates, choose_anchors, edge_filter, occlusion_filter, project_points
 from .core.rings import RING_COUNTS, ring_regime, thin_to_rings
 from .core.generator import load_generator
-from .core.metrics import depth_metrics
+from .core.metrics import depth_metrics, without_anchor_pixels
 from .core.scale_field import spectral_stats
 from .data.datasets import DATA_SPECS, describe, subset
 from .mde.backends import BACKEND_SPECS
 from .threads import add_threads_argument, set_threads
 
-METHODS = ["basis", "basis-res", "global", "global-scale", "piecewise", "lwlr", "grid", "grid-smooth", "region", "basis-f0"]
+METHODS = ["basis", "basis-res", "global", "global-scale", "piecewise", "lwlr", "grid", "grid-smooth", "region", "basis-f0",
+           "selfval"]
 DROP_REGIMES = [f"drop{n}" for n in DROP_COUNTS]
 RING_REGIMES = [f"rings{n}" for n in RING_COUNTS]
 METRIC_KEYS = ("abs_rel", "delta1", "rmse", "sq_rel", "delta2", "delta3", "coverage")
@@ -62,7 +64,7 @@ def parse_regimes(text: str) -> list[str]:
 
 
 def ring_anchors(sample, n_rings: int, index: int, occlusion_kernel: int = 5,
-                 corrupt: tuple[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                 corrupt: tuple[str, float] | None = None, held_out: bool = False, with_rings: bool = False):
     """LiDAR anchors as the node gets them from a sensor with ``n_rings`` rings in view.
 
     The sample's scan is thinned to ``n_rings`` evenly spaced rings of those in the image
@@ -70,22 +72,35 @@ def ring_anchors(sample, n_rings: int, index: int, occlusion_kernel: int = 5,
     the node's projection and occlusion filter. Depths are the LiDAR's own (noisy) ranges;
     metrics use the dataset's ground truth. ``corrupt`` (see :func:`corrupt_anchors`)
     corrupts the sensor's returns *before* the occlusion filter, where a real LiDAR's
-    outliers and mixed pixels arrive. Returns ``(uv, z, rings in view)``.
+    outliers and mixed pixels arrive. Returns ``(uv, z, rings in view)``, and with
+    ``held_out`` also the depth image of the other rings' points (NaN elsewhere): the
+    ground truth when the LiDAR is all the truth there is; with ``with_rings`` last the
+    ring id of every anchor.
     """
     if sample.points is None or sample.rings is None or sample.T_cam_lidar is None:
         raise ValueError(f"ring regimes need a LiDAR scan with ring ids; sample {sample.key} has none "
                          "(synthetic data renders it; KITTI raw/object read velodyne .bin files)")
     offset = float(np.random.default_rng([index, n_rings, 17]).random())
-    pts, used = thin_to_rings(sample.points, sample.rings, sample.T_cam_lidar, sample.K, sample.depth.shape,
-                              n_rings, offset)
-    uv, z = project_points(torch.from_numpy(np.ascontiguousarray(pts[:, :3], np.float32)),
-                           torch.as_tensor(sample.T_cam_lidar), torch.as_tensor(sample.K), sample.depth.shape,
-                           occlusion_kernel=1 if corrupt else occlusion_kernel)
+    pts, used, keep = thin_to_rings(sample.points, sample.rings, sample.T_cam_lidar, sample.K, sample.depth.shape,
+                                    n_rings, offset, return_mask=True)
+    uv, z, idx = project_points(torch.from_numpy(np.ascontiguousarray(pts[:, :3], np.float32)),
+                                torch.as_tensor(sample.T_cam_lidar), torch.as_tensor(sample.K), sample.depth.shape,
+                                occlusion_kernel=1 if corrupt else occlusion_kernel, return_index=True)
+    anchor_rings = np.asarray(sample.rings)[keep][idx.numpy()]
     if corrupt:
         z = torch.from_numpy(corrupt_anchors(uv.numpy(), z.numpy(), sample.depth, corrupt[0], corrupt[1], index))
-        keep = occlusion_filter(uv, z, sample.depth.shape, occlusion_kernel)
-        uv, z = uv[keep], z[keep]
-    return uv.numpy(), z.numpy(), used
+        keep_c = occlusion_filter(uv, z, sample.depth.shape, occlusion_kernel)
+        uv, z, anchor_rings = uv[keep_c], z[keep_c], anchor_rings[keep_c.numpy()]
+    tail = (anchor_rings,) if with_rings else ()
+    if not held_out:
+        return (uv.numpy(), z.numpy(), used) + tail
+    rest = np.asarray(sample.points)[~keep]
+    huv, hz = project_points(torch.from_numpy(np.ascontiguousarray(rest[:, :3], np.float32)),
+                             torch.as_tensor(sample.T_cam_lidar), torch.as_tensor(sample.K), sample.depth.shape,
+                             occlusion_kernel=occlusion_kernel)
+    gt = np.full(sample.depth.shape, np.nan, np.float32)
+    gt[huv[:, 1].long().numpy(), huv[:, 0].long().numpy()] = hz.numpy()
+    return (uv.numpy(), z.numpy(), used, gt) + tail
 
 
 def regime_anchors(sample, regime: str, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +119,44 @@ def regime_anchors(sample, regime: str, index: int) -> tuple[np.ndarray, np.ndar
     rng = np.random.default_rng([index, zlib.crc32(regime.encode())])
     lo, hi = REGIMES[regime]
     return choose_anchors(cand, gt, int(rng.integers(lo, hi + 1)), rng)
+
+
+@dataclass
+class Case:
+    """One image under one regime: the anchors a method fits and what scores it."""
+
+    uv: np.ndarray
+    z: np.ndarray
+    gt: torch.Tensor  # (H, W) metres, 0 where unknown
+    mask: torch.Tensor  # (H, W) scored pixels: valid ground truth, never an anchor's pixel
+    rings: int | None = None  # rings in view (ring regimes)
+    held_out_rings: bool = False  # scored on the rings not given as anchors (LiDAR ground truth)
+    anchor_rings: np.ndarray | None = None  # (N,) ring id of every anchor (ring regimes)
+
+
+def protocol_case(sample, regime: str, index: int, corrupt: tuple[str, float] | None = None) -> Case:
+    """Anchors and scoring of one image and regime, as every tool scores them.
+
+    An anchor's pixel is never scored. With LiDAR ground truth (``sample.gt_kind ==
+    "lidar"``) a ring regime scores on the whole rings it held out, projected and
+    occlusion-filtered like the anchors; grid regimes score the truth's other pixels."""
+    n_rings = ring_regime(regime)
+    lidar_gt = getattr(sample, "gt_kind", "dense") == "lidar"
+    gt_np, rings, anchor_rings = sample.depth, None, None
+    if n_rings:
+        out = ring_anchors(sample, n_rings, index, corrupt=corrupt, held_out=lidar_gt, with_rings=True)
+        uv, z, rings, anchor_rings = out[0], out[1], out[2], out[-1]
+        if lidar_gt:
+            gt_np = out[3]
+    else:
+        uv, z = regime_anchors(sample, regime, index)
+        if corrupt:
+            z = corrupt_anchors(uv, z, sample.depth, corrupt[0], corrupt[1], index)
+    gt = torch.from_numpy(np.nan_to_num(gt_np, nan=0.0))
+    valid = torch.from_numpy(sample.valid)
+    if lidar_gt and n_rings:
+        valid = valid & (gt > 0)
+    return Case(uv, z, gt, without_anchor_pixels(valid, uv), rings, bool(lidar_gt and n_rings), anchor_rings)
 
 
 CORRUPTIONS = ("random", "bleed")
@@ -186,7 +239,7 @@ class Evaluator:
         self.cache = cache  # a FeatureCache shared with `train`; None = run the MDE every time
         self.generators = {}
         self.ckpt_for = {}
-        if "basis" in methods or "basis-res" in methods:
+        if "basis" in methods or "basis-res" in methods or "selfval" in methods:
             for r in regimes:
                 path = checkpoint_for(checkpoint, r)
                 self.ckpt_for[r] = path
@@ -215,6 +268,11 @@ class Evaluator:
                       if self.generators else None)
         self.rings_seen: dict[str, list[int]] = {}
         self.per_image: dict[str, dict[str, list[dict]]] = {m: {r: [] for r in regimes} for m in methods}
+        self.scoring: dict[str, list[dict]] = {}  # regime -> per image: pixels scored, anchors excluded
+        self.selfval_log: dict[str, list[dict]] = {}  # regime -> per image: weights, held-out and true error
+        from .core.selfval import DEFAULT_CANDIDATES
+
+        self.selfval_candidates = list(DEFAULT_CANDIDATES)
         self.spectral: list[dict] = []
         self.skipped: dict[str, str] = {}
 
@@ -236,13 +294,15 @@ class Evaluator:
             f0_maps = self.ablation(mde.unsqueeze(0), feats) if self.ablation is not None else None
         fig_data = None
         for regime in self.regimes:
-            if ring_regime(regime):
-                uv, z, used = ring_anchors(sample, ring_regime(regime), index, corrupt=self.corrupt)
-                self.rings_seen.setdefault(regime, []).append(used)
-            else:
-                uv, z = regime_anchors(sample, regime, index)
-            if self.corrupt and not ring_regime(regime):
-                z = corrupt_anchors(uv, z, sample.depth, self.corrupt[0], self.corrupt[1], index)
+            case = protocol_case(sample, regime, index, corrupt=self.corrupt)
+            uv, z = case.uv, case.z
+            gt_r, valid_r = case.gt.to(self.device), case.mask.to(self.device)
+            if case.rings is not None:
+                self.rings_seen.setdefault(regime, []).append(case.rings)
+            self.scoring.setdefault(regime, []).append(
+                {"mask_pixels": int(valid.sum()), "scored_pixels": int(valid_r.sum()),
+                 "anchor_pixels_excluded": int((valid & ~case.mask.to(self.device)).sum()) if not case.held_out_rings
+                 else None, "held_out_rings": case.held_out_rings})
             if self.edge_ratio > 1 and len(z):
                 keep = edge_filter(torch.from_numpy(np.asarray(uv, np.float32)), mde.cpu(), ratio=self.edge_ratio).numpy()
                 uv, z = uv[keep], z[keep]
@@ -267,15 +327,40 @@ class Evaluator:
                     self.options_used.setdefault(m, {})[regime] = opts
                 elif m == "basis-f0":
                     res = self.basis.fit(mde, uv, z, basis_maps=f0_maps)
+                elif m == "selfval":
+                    res = self.self_validated(mde, case, regime, sample.family, maps_cache.get(self.ckpt_for[regime])
+                                              if self.ckpt_for else None, labels, valid_r, gt_r)
                 else:
                     res = self.baseline(m, regime, sample.family).fit(mde, uv, z, regions=labels)
-                met = depth_metrics(res.depth, gt, valid)
+                met = depth_metrics(res.depth, gt_r, valid_r)
                 met["anchors"] = int(res.anchors_used[0])
                 if m != "basis-f0" and (self.collect or self.uncertainty_spec):
-                    met.update(self.uncertainty_metrics(m, regime, sample, res, mde, uv, z, gt, valid, index))
+                    met.update(self.uncertainty_metrics(m, regime, sample, res, mde, uv, z, gt_r, valid_r, index))
                 self.per_image[m][regime].append(met)
         if figure_path is not None and fig_data is not None:
             save_figure(figure_path, sample, mde.cpu(), fig_data, gt.cpu(), valid.cpu())
+
+    def self_validated(self, mde, case, regime: str, family: str, maps, labels, mask, gt):
+        """The stacked candidates of :mod:`core.selfval`, cross-validated on whole rings of
+        this image's anchors (u-blocks for grid anchors); also records, per image, the
+        held-out error estimate beside the true error (for the estimate's calibration)."""
+        from .core.selfval import Candidate, self_validate
+
+        cands = []
+        for name in self.selfval_candidates:
+            if name == "basis-res":
+                opts = {**self.basis_opts, **self._tuned_for(family, regime, "basis-res")}
+                cands.append(Candidate(name, make("basis", generator=self.basis.generator, **opts),
+                                       {"basis_maps": maps}))
+            else:
+                cands.append(Candidate(name, self.baseline(name, regime, family), {"regions": labels}))
+        rings = case.anchor_rings if case.anchor_rings is not None else np.zeros(len(case.z), np.int64)
+        res, sv = self_validate(cands, mde, case.uv, case.z, rings)
+        true = depth_metrics(res.depth, gt, mask)["abs_rel"]
+        self.selfval_log.setdefault(regime, []).append(
+            {"weights": sv.weights, "holdout_abs_rel": sv.blend_abs_rel, "candidates_holdout": sv.holdout_abs_rel,
+             "true_abs_rel": true, "folds": sv.folds, "rings": sv.rings})
+        return res
 
     def uncertainty_metrics(self, m: str, regime: str, sample, res, mde, uv, z, gt, valid, index: int) -> dict:
         """Calibration, sharpness and NaN-policy figures of one method on one image (or, for
@@ -352,6 +437,36 @@ class Evaluator:
                 out.setdefault(m, {})[r] = agg
         return out
 
+    def selfval_summary(self) -> dict:
+        """Per regime: mean stacking weights, and how the held-out error tracks the true one
+        (Spearman rank correlation over images, mean ratio held-out / true)."""
+        from scipy.stats import spearmanr
+
+        out = {}
+        for r, rows in self.selfval_log.items():
+            est = np.array([row["holdout_abs_rel"] for row in rows])
+            true = np.array([row["true_abs_rel"] for row in rows])
+            ok = np.isfinite(est) & np.isfinite(true) & (true > 0)
+            names = rows[0]["weights"].keys()
+            out[r] = {"images": len(rows), "mean_weights": {n: float(np.mean([row["weights"][n] for row in rows]))
+                                                           for n in names},
+                      "holdout_vs_true_spearman": float(spearmanr(est[ok], true[ok])[0]) if ok.sum() > 2 else None,
+                      "holdout_over_true": float(np.mean(est[ok] / true[ok])) if ok.any() else None,
+                      "per_image": rows}
+        return out
+
+    def scoring_summary(self) -> dict:
+        """What was scored, per regime: anchors' pixels are never among the scored pixels."""
+        out = {"anchors_excluded": True, "regimes": {}}
+        for r, rows in self.scoring.items():
+            ex = [row["anchor_pixels_excluded"] for row in rows if row["anchor_pixels_excluded"] is not None]
+            out["regimes"][r] = {"images": len(rows), "scored_pixels": int(sum(row["scored_pixels"] for row in rows)),
+                                 "mean_scored_pixels": float(np.mean([row["scored_pixels"] for row in rows])),
+                                 "anchor_pixels_excluded": int(sum(ex)) if ex else 0,
+                                 "target": "held-out rings" if any(row["held_out_rings"] for row in rows)
+                                 else "ground truth minus anchor pixels"}
+        return out
+
     def curve_summary(self) -> dict:
         """Mean sparsification and oracle curves per method and regime (AbsRel vs removed fraction)."""
         out = {}
@@ -374,6 +489,7 @@ class Evaluator:
             "var_g0": float(g0.var()),
             "images": len(self.spectral),
             "regime": "low",
+            "num_basis": int(self.generators[self.ckpt_for["low"]].config.num_basis) if self.ckpt_for else None,
         }
 
 
@@ -481,7 +597,8 @@ def write_tables(path: Path, results: dict, spectral: dict) -> None:
                          f"{v['ause']:.4f} | {v['abs_rel']:.3f} | {pol} |")
         lines.append("")
     if spectral:
-        lines += ["## Spectral statistics (K=8 model, low regime)", "",
+        k = spectral.get("num_basis")
+        lines += [f"## Spectral statistics ({f'K={k} model' if k else 'basis model'}, low regime)", "",
                   f"median η1 = {spectral['median_eta1']:.3f}, median |v1,0| = {spectral['median_v10']:.3f}, "
                   f"E[G0] = {spectral['mean_g0']:.3f}, Var(G0) = {spectral['var_g0']:.2e} "
                   f"over {spectral['images']} images", ""]
@@ -601,6 +718,10 @@ def main(argv: list[str] | None = None) -> dict:
                      "residual_shrink": a.residual_shrink}
     from .checkpoints import MDEMismatchError
 
+    fam = describe(ds).get("family")
+    if fam:  # never a silent default: the family chooses the baselines' tuned options
+        print(f"dataset family: {fam} (intrinsics.yaml `family:`, else from its max_depth; tuned options: {fam})")
+
     try:
         ev = Evaluator(methods, regimes, backend, device, parse_checkpoints(a.checkpoint), a.ablation_checkpoint,
                        basis_options, a.allow_mde_mismatch, cache, None if a.untuned else a.tuned, corrupt,
@@ -613,7 +734,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = ev.summary()
     spectral = ev.spectral_summary()
     doc = {"methods": results,
-        "spectral": spectral, "skipped": ev.skipped,
+        "spectral": spectral, "skipped": ev.skipped, "scoring": ev.scoring_summary(),
+        "self_validation": ev.selfval_summary(),
         "config": {"data": a.data, "frames": describe(ds), "methods": methods, "regimes": regimes, "mde": backend.name,
                    "checkpoints": ev.ckpt_for, "basis": basis_options,
                    "baseline_options": ev.options_used, "tuned": None if a.untuned else a.tuned,

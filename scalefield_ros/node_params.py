@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .pipeline import BELOW_MIN, GATE_POLICIES, GENERATOR_BACKENDS, PIPELINE_METHODS, PipelineConfig
+from .pipeline import BELOW_MIN, GATE_POLICIES, GENERATOR_BACKENDS, PIPELINE_METHODS, SELF_VALIDATION, PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,21 @@ PARAMS: tuple[Param, ...] = (
     Param("prior_max_age", 2.0, "seconds: an older prior is dropped (the below_min_anchors policy applies)", True),
     Param("prior_sigma_growth", 0.5, "uncertainty of a frame carried by the prior: log-sigma added (in quadrature) per "
           "second of the prior's age, >= 0", True),
+    Param("self_validation", "off", "cross-validate each N-th frame on whole held-out LiDAR rings: off, estimate "
+          "(the method's held-out AbsRel in diagnostics as holdout_abs_rel: an online accuracy estimate) or blend "
+          "(also stack the method with self_validation_candidates, weights in diagnostics)", True),
+    Param("self_validation_every", 10, "self-validation: cross-validate every N-th frame (blend weights carry over), "
+          ">= 1", True),
+    Param("self_validation_candidates", "grid-smooth,lwlr", "self-validation blend: the methods stacked with `method` "
+          "(comma-separated pipeline methods)", True),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),
     Param("qos_reliability", "best_effort", "subscriber QoS: best_effort (sensor data) or reliable"),
     Param("qos_depth", 5, "subscriber queue depth"),
     Param("sync_slop", 0.05, "max stamp difference (s) between image, camera info and cloud"),
     Param("sync_queue_size", 10, "messages kept per stream while synchronising"),
-    Param("use_tf", False, "LiDAR->camera extrinsic from TF2 at the image stamp (when tf2_ros imports)"),
+    Param("use_tf", True, "LiDAR->camera extrinsic from TF2 (URDF -> /tf_static, or /tf), frames from the messages' "
+          "frame_id, looked up at the cloud's stamp, when tf2_ros imports; where TF has no transform (or tf2_ros is "
+          "missing) the extrinsic_* parameters are used, with a warning"),
     Param("extrinsic_translation", [0.0, 0.0, 0.0],
           "LiDAR->camera optical frame translation t (m): p_cam = R p_lidar + t"),
     Param("extrinsic_rotation", [0.5, -0.5, 0.5, 0.5],
@@ -98,11 +107,13 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "sync_queue_size": (1, 10_000), "occlusion_kernel": (0, 63), "edge_filter_ratio": (0.0, 100.0),
     "max_relative_uncertainty": (0.0, 1e6), "max_extrapolation": (0.0, 1e6), "prior_strength": (0.0, 1e6),
     "prior_decay": (1e-3, 1e6), "prior_max_age": (0.0, 1e6), "prior_sigma_growth": (0.0, 1e3),
+    "self_validation_every": (1, 1_000_000),
 }
 #: Run-time parameters that are PipelineConfig fields of the same name.
 RUNTIME_CONFIG = ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread", "max_anchor_residual",
                   "max_scale_ratio", "edge_filter_ratio", "max_relative_uncertainty", "max_extrapolation",
-                  "temporal_prior", "prior_strength", "prior_decay", "prior_max_age", "prior_sigma_growth")
+                  "temporal_prior", "prior_strength", "prior_decay", "prior_max_age", "prior_sigma_growth",
+                  "self_validation", "self_validation_every", "self_validation_candidates")
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -182,6 +193,12 @@ def validate_param(name: str, value: Any) -> str | None:
         if n == 4 and not 0.5 < math.sqrt(sum(x * x for x in vals)) < 2.0:
             return f"extrinsic_rotation must be a unit quaternion [qx, qy, qz, qw]; got {vals!r} (norm " \
                    f"{math.sqrt(sum(x * x for x in vals)):.3g})"
+    if name == "self_validation" and value not in SELF_VALIDATION:
+        return f"self_validation must be one of {SELF_VALIDATION}, got {value!r}"
+    if name == "self_validation_candidates":
+        bad = [m for m in str(value).split(",") if m and m not in PIPELINE_METHODS]
+        if bad or not isinstance(value, str):
+            return f"self_validation_candidates must be comma-separated methods of {PIPELINE_METHODS}, got {value!r}"
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport must be raw or compressed, got {value!r}"
     if name == "qos_reliability" and value not in ("best_effort", "reliable"):

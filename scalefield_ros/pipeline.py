@@ -25,6 +25,7 @@ PIPELINE_METHODS = ("basis", "global", "global-scale", "piecewise", "lwlr", "gri
 BELOW_MIN = ("global", "skip")
 GATE_POLICIES = ("skip", "publish")
 GENERATOR_BACKENDS = ("torch", "onnx")
+SELF_VALIDATION = ("off", "estimate", "blend")
 #: What diagnostics say when a fit fails the sanity gate.
 GATE_MESSAGE = ("anchors disagree with the depth network: the network may be wrong on this frame, or check the "
                 "extrinsic, the time sync and the cloud fields")
@@ -67,6 +68,10 @@ class PipelineConfig:
     prior_decay: float = 1.0  # seconds: the strength decays as exp(-age / prior_decay)
     prior_max_age: float = 2.0  # seconds: an older prior is dropped (a frame without anchors falls back)
     prior_sigma_growth: float = 0.5  # log-sigma added (in quadrature) per second of the prior's age (validation)
+    # self-validation (core/selfval.py): cross-validate on whole held-out LiDAR rings
+    self_validation: str = "off"  # off, estimate (held-out error in diagnostics) or blend (+ stacked candidates)
+    self_validation_every: int = 10  # cross-validate every N-th frame; blend weights carry over between
+    self_validation_candidates: str = "grid-smooth,lwlr"  # besides `method` (blend)
 
 
 @dataclass
@@ -84,6 +89,9 @@ class FrameOutput:
     gate: str = ""  # "" passed; else why the sanity gate failed the frame (it is then an error)
     sigma: np.ndarray | None = None  # (H, W) float32 one standard deviation of depth (m); NaN where depth is
     invalid_share: float = 0.0  # share of pixels the NaN policy removed (max_relative_uncertainty, max_extrapolation)
+    holdout_abs_rel: float = float("nan")  # self-validation: AbsRel on held-out rings (NaN: not run this frame)
+    estimated_abs_rel: float = float("nan")  # the held-out figure calibrated to the whole image (tuned/holdout.yaml)
+    selfval_weights: dict = field(default_factory=dict)  # self-validation: blend weights in force
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -136,6 +144,19 @@ def check_alignment(depth_at: np.ndarray, scale: np.ndarray, mde_at: np.ndarray,
     return ""
 
 
+def _holdout_model(family: str) -> dict:
+    """How true AbsRel relates to held-out-ring AbsRel for the family, ``exp(a + b log rings)``
+    (``tuned/holdout.yaml``, fitted on validation scenes by ``selfval_check --fit``); {} = factor 1."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parent / "tuned" / "holdout.yaml"
+    if not path.is_file():
+        return {}
+    return dict((yaml.safe_load(path.read_text()) or {}).get("model", {}).get(family, {}))
+
+
 def validate_method(name: str) -> str:
     if name not in PIPELINE_METHODS:
         raise ValueError(f"method {name!r} is not available here; choose one of {', '.join(PIPELINE_METHODS)}")
@@ -158,6 +179,12 @@ class MetricDepthPipeline:
         self._aligners: dict[str, object] = {}
         self.calibration = load_uncertainty(cfg.uncertainty)  # {method: UncertaintyModel}
         self._prior: dict | None = None  # the last basis frame's weights (temporal_prior)
+        if cfg.self_validation not in SELF_VALIDATION:
+            raise ValueError(f"self_validation must be one of {SELF_VALIDATION}, got {cfg.self_validation!r}")
+        self._sv_frame = 0
+        self._sv_weights: np.ndarray | None = None  # blend weights from the last cross-validation
+        self._sv_names: list[str] = []
+        self.holdout_model = _holdout_model(cfg.tuned if cfg.tuned in ("street", "indoor") else cfg.uncertainty)
         self._edges: torch.Tensor | None = None
         self.aligner(cfg.method)  # load now: a bad checkpoint fails at start, not on the first frame
 
@@ -198,14 +225,20 @@ class MetricDepthPipeline:
         return bool(self.cfg.temporal_prior and self._prior is not None)
 
     def project(self, points: np.ndarray, K: np.ndarray, T_cam_lidar: np.ndarray,
-                size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """LiDAR -> pixel anchors ``(uv, z, reason)``; ``reason`` is non-empty when unusable."""
+                size: tuple[int, int], rings: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """LiDAR -> pixel anchors ``(uv, z, reason)``; ``reason`` is non-empty when unusable.
+        With ``rings`` (one id per point) the anchors' ring ids are kept in ``self.anchor_rings``."""
         pts = np.asarray(points, dtype=np.float32)
+        self.anchor_rings = None
         if pts.ndim != 2 or pts.shape[0] == 0:
             return torch.zeros(0, 2), torch.zeros(0), "empty point cloud"
         # project_points drops non-finite points itself: no compaction here
-        uv, z = project_points(pts, torch.as_tensor(T_cam_lidar), torch.as_tensor(K), size,
-                               min_depth=self.cfg.min_depth, occlusion_kernel=self.cfg.occlusion_kernel)
+        out = project_points(pts, torch.as_tensor(T_cam_lidar), torch.as_tensor(K), size,
+                             min_depth=self.cfg.min_depth, occlusion_kernel=self.cfg.occlusion_kernel,
+                             return_index=rings is not None)
+        uv, z = out[0], out[1]
+        if rings is not None:
+            self.anchor_rings = np.asarray(rings)[out[2].numpy()]
         if len(z):
             return uv, z, ""
         if not np.isfinite(pts[:, :3]).all(1).any():
@@ -221,11 +254,13 @@ class MetricDepthPipeline:
         return mde[0].to(self.device), feats.to(self.device), time.perf_counter() - t1
 
     def align(self, mde: torch.Tensor, feats: torch.Tensor, uv: torch.Tensor, z: torch.Tensor,
-              method: str | None = None, timings: dict | None = None, stamp: float | None = None) -> FrameOutput:
+              method: str | None = None, timings: dict | None = None, stamp: float | None = None,
+              rings: np.ndarray | None = None) -> FrameOutput:
         """Run one aligner on a predicted frame, with the min_anchors policy, the sanity gate,
         the uncertainty and NaN policy and (``temporal_prior``) the previous frame's weights.
 
         ``stamp`` (seconds) is the frame's time, for the prior's decay; None = no prior.
+        ``rings`` (one id per anchor) enables ``self_validation``.
         """
         cfg = self.cfg
         t = dict(timings or {})
@@ -236,6 +271,8 @@ class MetricDepthPipeline:
             self._edges = depth_spread(mde)
             keep = edge_filter(uv, mde, ratio=cfg.edge_filter_ratio, spread=self._edges)
             uv, z = uv[keep], z[keep]
+            if rings is not None:
+                rings = np.asarray(rings)[keep.cpu().numpy()]
             t["edge_filter"] = time.perf_counter() - t0
         n = len(z)
         fallback = ""
@@ -264,6 +301,11 @@ class MetricDepthPipeline:
             return FrameOutput(None, None, 0, NO_ANCHORS, "no usable anchor (all invalid)", float("nan"), t)
         if res.fallback[0] and not fallback:
             fallback = res.fallback[0]
+        sv = {}
+        if cfg.self_validation != "off" and rings is not None and not fallback and len(z) >= 2 * cfg.min_anchors:
+            t0 = time.perf_counter()
+            res, sv = self._self_validate(method, al, res, mde, feats, uv.to(self.device), z.to(self.device), rings)
+            t["self_validation"] = time.perf_counter() - t0
         lam = res.extras.get("lambda")
         uvn, zn = uv.cpu().numpy(), z.cpu().numpy()
         depth_t = res.depth
@@ -288,7 +330,52 @@ class MetricDepthPipeline:
             self._prior = {"weights": res.extras["weights"].detach(), "stamp": stamp, "solution": res.extras["solution"],
                            "uv": uv, "z": z, "correction": res.extras.get("residual_field")}
         return FrameOutput(depth, scale, int(res.anchors_used[0]), fallback, "", float(res.residual[0]), t,
-                           uvn, zn, float(lam[0]) if lam is not None else float("nan"), gate, sigma, share)
+                           uvn, zn, float(lam[0]) if lam is not None else float("nan"), gate, sigma, share,
+                           sv.get("holdout", float("nan")), sv.get("estimated", float("nan")), sv.get("weights", {}))
+
+    def _self_validate(self, method: str, al, res, mde, feats, uv, z, rings) -> tuple[object, dict]:
+        """Every ``self_validation_every``-th frame, cross-validate ``method`` (and, for
+        ``blend``, the candidates) on whole held-out rings; ``blend`` publishes the stacked
+        candidates with the last weights found. Returns the result to publish and what to
+        report (``holdout``: the published fit's held-out AbsRel, ``weights``)."""
+        from .core.generator import BasisMaps
+        from .core.selfval import Candidate, blend_fits, cross_validate, ring_folds, summarise
+
+        cfg = self.cfg
+        names = [method] + ([n for n in cfg.self_validation_candidates.split(",") if n and n != method]
+                            if cfg.self_validation == "blend" else [])
+        cands = []
+        for n in names:
+            a = al if n == method else self.aligner(n)
+            kw = {}
+            if n == "basis":
+                E = res.extras["basis"] if n == method else None
+                kw = {"basis_maps": BasisMaps(E, E, res.extras["gates"], tuple(mde.shape[-2:]))} if E is not None \
+                    else {"features": feats}
+            cands.append(Candidate(n, a, kw))
+        out = {}
+        if names != self._sv_names:
+            self._sv_names, self._sv_weights, self._sv_frame = names, None, 0
+        if self._sv_frame % max(1, cfg.self_validation_every) == 0:
+            folds = ring_folds(rings, uv, 3)
+            saved = getattr(al, "prior_weights", None)
+            if saved is not None:
+                al.prior_weights = None  # the cross-validation fits a batch of folds, without the prior
+            try:
+                pred, y = cross_validate(cands, mde, uv, z, folds)
+            finally:
+                if saved is not None:
+                    al.prior_weights = saved
+            self._sv_weights, sv = summarise(names, pred, y, folds, rings)
+            out["holdout"] = sv.blend_abs_rel if cfg.self_validation == "blend" else sv.holdout_abs_rel[method]
+            from .selfval_check import factor
+
+            out["estimated"] = out["holdout"] * factor(self.holdout_model, sv.rings)
+        self._sv_frame += 1
+        if cfg.self_validation == "blend" and self._sv_weights is not None:
+            res = blend_fits(cands, self._sv_weights, mde, uv, z, done={0: res})
+            out["weights"] = {n: round(float(w), 3) for n, w in zip(names, self._sv_weights)}
+        return res, out
 
     def _sigma(self, method: str, res, mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor,
                growth: float = 0.0) -> torch.Tensor | None:
@@ -344,13 +431,21 @@ class MetricDepthPipeline:
         return FrameOutput(depth, scale, n, "prior", "", float("nan"), t, sigma=sigma, invalid_share=share)
 
     def process(self, rgb: np.ndarray, K: np.ndarray, points: np.ndarray, T_cam_lidar: np.ndarray,
-                stamp: float | None = None) -> FrameOutput:
-        """Align one frame. Never raises on bad sensor data: a skipped frame says why."""
+                stamp: float | None = None, rings: np.ndarray | None = None) -> FrameOutput:
+        """Align one frame. Never raises on bad sensor data: a skipped frame says why.
+
+        ``rings``: ring id of every point (the cloud's ``ring`` field, or
+        :func:`core.rings.rings_from_scan_order`); needed by ``self_validation``."""
         t0 = time.perf_counter()
-        uv, z, reason = self.project(points, K, T_cam_lidar, rgb.shape[:2])
+        if self.cfg.self_validation != "off" and rings is None:
+            from .core.rings import rings_from_scan_order
+
+            rings = rings_from_scan_order(points)
+        uv, z, reason = self.project(points, K, T_cam_lidar, rgb.shape[:2],
+                                     rings if self.cfg.self_validation != "off" else None)
         t = {"projection": time.perf_counter() - t0}
         if reason and not (self.has_prior and stamp is not None):
             fb = NO_ANCHORS if reason.startswith("no LiDAR") else "skip"
             return FrameOutput(None, None, 0, fb, reason, float("nan"), t)
         mde, feats, t["mde"] = self.predict(rgb)
-        return self.align(mde, feats, uv, z, timings=t, stamp=stamp)
+        return self.align(mde, feats, uv, z, timings=t, stamp=stamp, rings=self.anchor_rings)

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from .data.cache import FeatureCache
     from .data.datasets import open_dataset
-    from .evaluate import regime_anchors
+    from .evaluate import protocol_case
     from .mde.backends import load_backend
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,13 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
     for i in tqdm(range(len(ds)), desc="loading"):
         s = ds[i]
         d, _ = cache.get(s)
-        gt = torch.from_numpy(np.nan_to_num(s.depth, nan=0.0))
         sets = {}
-        for r in regimes:
+        for r in regimes:  # scored as evaluate scores: never an anchor's pixel
             names = [f"rings{n}" for n in ring_counts] if r == "rings" else [r]
-            sets[r] = [regime_anchors(s, n, i) for n in names]
+            sets[r] = [protocol_case(s, n, i) for n in names]
         labels = torch.from_numpy(s.labels.astype(np.int64)) if s.labels is not None else None
-        images.append((d, gt, torch.from_numpy(s.valid), sets, labels))
+        images.append((d, sets, labels))
     doc = {"family": a.family, "validation_seeds": a.seeds, "mde": backend.name, "metric": "mean AbsRel",
            "ring_counts": ring_counts,
            "written": time.strftime("%Y-%m-%d"), "regimes": {}}
@@ -121,9 +120,9 @@ def main(argv: list[str] | None = None) -> dict:
             for opts in tqdm(combos(spaces[m]), desc=f"{r} {m}", leave=False):
                 al = make(m, **expand(opts))
                 errs, covs = [], []
-                for d, gt, valid, sets, labels in images:
-                    for uv, z in sets[r]:
-                        met = depth_metrics(al.fit(d, uv, z, regions=labels).depth, gt, valid)
+                for d, sets, labels in images:
+                    for c in sets[r]:
+                        met = depth_metrics(al.fit(d, c.uv, c.z, regions=labels).depth, c.gt, c.mask)
                         errs.append(met["abs_rel"])
                         covs.append(met["coverage"])
                 trials.append((float(np.nanmean(errs)), float(np.mean(covs)), opts))

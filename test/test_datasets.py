@@ -177,3 +177,21 @@ def test_ring_regimes_on_a_kitti_raw_scan(street, tmp_path):
                          "--limit", "1", "--figures", "0", "--device", "cpu", "--out", str(tmp_path / "e")])
     assert doc["methods"]["basis"]["rings16"]["mean_rings"] == 16
     assert doc["methods"]["basis"]["rings16"]["mean_anchors"] > doc["methods"]["basis"]["rings4"]["mean_anchors"]
+
+
+def test_folder_family_comes_from_its_range_or_is_given(tmp_path):
+    """A folder dataset is never silently indoor: an outdoor range makes it street."""
+    f = SyntheticWorld("street", 9008).frame(0, with_lidar=False)
+    (tmp_path / "rgb").mkdir()
+    (tmp_path / "depth").mkdir()
+    cv2.imwrite(str(tmp_path / "rgb/a.png"), f.rgb[..., ::-1])
+    np.save(tmp_path / "depth/a.npy", np.nan_to_num(f.depth).astype(np.float32))
+    K = {"fx": float(f.K[0, 0]), "fy": float(f.K[1, 1]), "cx": float(f.K[0, 2]), "cy": float(f.K[1, 2])}
+    for extra, fam in (({"max_depth": 80.0}, "street"), ({}, "indoor"), ({"max_depth": 80.0, "family": "indoor"},
+                                                                       "indoor")):
+        (tmp_path / "intrinsics.yaml").write_text(yaml.safe_dump({**K, **extra}))
+        ds = open_dataset(f"folder:{tmp_path}")
+        assert ds.family == fam and ds[0].family == fam
+    (tmp_path / "intrinsics.yaml").write_text(yaml.safe_dump({**K, "family": "forest"}))
+    with pytest.raises(ValueError, match="family must be one of"):
+        open_dataset(f"folder:{tmp_path}")

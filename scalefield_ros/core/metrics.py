@@ -23,6 +23,19 @@ def evaluation_mask(
     return m
 
 
+def without_anchor_pixels(mask: torch.Tensor, uv) -> torch.Tensor:
+    """``mask`` with every pixel an anchor fell on removed: an anchor's pixel is never
+    scored (the fit saw its depth). Pixel index = the anchor's coordinates truncated,
+    as the projection and the datasets write them."""
+    mask = torch.as_tensor(mask, dtype=torch.bool).clone()
+    uv = torch.as_tensor(uv)
+    if uv.numel():
+        u = uv[:, 0].long().clamp(0, mask.shape[-1] - 1).to(mask.device)
+        v = uv[:, 1].long().clamp(0, mask.shape[-2] - 1).to(mask.device)
+        mask[..., v, u] = False
+    return mask
+
+
 def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """AbsRel, SqRel, RMSE, delta1/2/3 over ``mask`` for one image (or a whole batch).
 

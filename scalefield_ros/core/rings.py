@@ -114,15 +114,20 @@ def visible_rings(points: np.ndarray, rings: np.ndarray, T_cam_lidar: np.ndarray
 
 
 def thin_to_rings(points: np.ndarray, rings: np.ndarray, T_cam_lidar: np.ndarray, K: np.ndarray,
-                  image_size: tuple[int, int], n_rings: int, offset: float = 0.0) -> tuple[np.ndarray, int]:
+                  image_size: tuple[int, int], n_rings: int, offset: float = 0.0,
+                  return_mask: bool = False) -> tuple[np.ndarray, int] | tuple[np.ndarray, int, np.ndarray]:
     """The scan as a sensor with ``n_rings`` rings in the camera's view would record it.
 
     Returns the kept points (every point of the chosen rings, also those outside the
-    image: the caller projects them exactly as the node does) and the ring count in view.
+    image: the caller projects them exactly as the node does) and the ring count in view;
+    with ``return_mask`` also the ``(N,)`` mask of the kept points (the others are the
+    held-out rings that score a fit when the LiDAR is the ground truth).
     """
     vis = visible_rings(points, rings, T_cam_lidar, K, image_size)
     chosen = select_rings(vis, n_rings, offset)
     keep = np.isin(np.asarray(rings), chosen)
+    if return_mask:
+        return np.asarray(points)[keep], len(chosen), keep
     return np.asarray(points)[keep], len(chosen)
 
 

@@ -27,6 +27,7 @@ class Sample:
     points: np.ndarray | None = None  # (N, 3+) LiDAR in its frame
     T_cam_lidar: np.ndarray | None = None
     rings: np.ndarray | None = None  # (N,) ring (beam) id of every LiDAR point
+    gt_kind: str = "dense"  # "dense" (rendered / depth camera) or "lidar" (the projected scan is the truth)
 
 
 class SyntheticDataset:
@@ -113,8 +114,11 @@ def describe(ds) -> dict:
         return {"kind": "synthetic", "families": fams, "seeds": f"{seeds[0]}-{seeds[-1]}" if seeds else "",
                 "images": len(index)}
     root = getattr(inner, "root", None)
-    return {"kind": type(inner).__name__, "root": str(Path(root).resolve()) if root else None, "images": len(index),
-            "first": inner.key(index[0]) if index else None}
+    out = {"kind": type(inner).__name__, "root": str(Path(root).resolve()) if root else None, "images": len(index),
+           "first": inner.key(index[0]) if index else None}
+    if getattr(inner, "family", None):  # which tuned options the baselines ran with
+        out["family"] = inner.family
+    return out
 
 
 def open_dataset(spec: str, seeds: str | None = None, frames: tuple[int, ...] = (0,), path: str | None = None,
@@ -224,6 +228,17 @@ def _finish(key, rgb, depth, K, max_depth, family, points=None, T=None, labels=N
     rings = rings_from_scan_order(points) if points is not None else None
     return Sample(key=key, rgb=rgb, depth=depth, valid=valid, K=K, max_depth=max_depth, family=family,
                   labels=labels, points=points, T_cam_lidar=T, rings=rings)
+
+
+def _projected_depth(points: np.ndarray, T: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A sparse depth image from a scan: nearest projected point per pixel, NaN elsewhere."""
+    from ..core.anchors import project_points
+
+    uv, z = project_points(torch.from_numpy(np.ascontiguousarray(points[:, :3], np.float32)), torch.from_numpy(T),
+                           torch.from_numpy(K), size)
+    depth = np.full(size, np.nan, np.float32)
+    depth[uv[:, 1].long().numpy(), uv[:, 0].long().numpy()] = z.numpy()
+    return depth
 
 
 class KittiDataset:
@@ -342,7 +357,18 @@ class KittiObjectDataset:
         uv, z = project_points(torch.from_numpy(pts), torch.from_numpy(T), torch.from_numpy(K), rgb.shape[:2])
         depth = np.full(rgb.shape[:2], np.nan, np.float32)
         depth[uv[:, 1].long().numpy(), uv[:, 0].long().numpy()] = z.numpy()
-        return _finish(self.key(idx), rgb, depth, K, self.max_depth, "street", pts, T)
+        s = _finish(self.key(idx), rgb, depth, K, self.max_depth, "street", pts, T)
+        s.gt_kind = "lidar"  # the projected scan is the only truth: ring regimes score held-out rings
+        return s
+
+
+#: A dataset whose evaluation range reaches beyond this (m) is outdoor (street) for the tuned options.
+STREET_RANGE = 20.0
+
+
+def family_for_range(max_depth: float) -> str:
+    """``street`` for an outdoor range (beyond ``STREET_RANGE``), else ``indoor``."""
+    return "street" if max_depth > STREET_RANGE else "indoor"
 
 
 class FolderDataset:
@@ -358,11 +384,20 @@ class FolderDataset:
         cy: 253.7
         depth_scale: 1000.0   # optional
         max_depth: 10.0       # optional evaluation range (default 10)
+        family: indoor        # optional: indoor or street (the tuned options used); default
+                              # from max_depth: street beyond 20 m, else indoor
 
     Optional ``root/labels/<stem>.png`` (semantic labels, for the region baseline).
+
+    Optional ``root/lidar/<stem>.npz`` (a LiDAR scan for the ring regimes and LiDAR-only
+    training): ``points`` (N, 3+) x, y, z in the LiDAR frame, ``T_cam_lidar`` (4, 4) LiDAR ->
+    camera optical frame, optionally ``rings`` (N,) ring ids (else found from the scan order)
+    and ``K`` (3, 3) for this image (else intrinsics.yaml's). A frame with a scan and no depth
+    file has the projected scan as its ground truth (``gt_kind`` ``lidar``: ring regimes
+    score on held-out rings).
     """
 
-    def __init__(self, root: str | Path, family: str = "indoor") -> None:
+    def __init__(self, root: str | Path, family: str | None = None) -> None:
         import yaml
 
         self.root = Path(root)
@@ -380,14 +415,17 @@ class FolderDataset:
         self.K = np.array([[cfg["fx"], 0, cfg["cx"]], [0, cfg["fy"], cfg["cy"]], [0, 0, 1]], np.float64)
         self.scale = float(cfg.get("depth_scale", 1000.0))
         self.max_depth = float(cfg.get("max_depth", 10.0))
-        self.family = family
+        self.family = family or cfg.get("family") or family_for_range(self.max_depth)
+        if self.family not in FAMILIES:
+            raise ValueError(f"{cfg_path}: family must be one of {FAMILIES}, got {self.family!r}")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def key(self, idx: int) -> str:
         img = self.items[idx]
-        return file_key("folder", img, *self._depth_paths(img), self.root / "intrinsics.yaml")
+        return file_key("folder", img, *self._depth_paths(img), self.root / "lidar" / f"{img.stem}.npz",
+                        self.root / "intrinsics.yaml")
 
     def _depth_paths(self, img: Path) -> tuple[Path, Path]:
         return self.root / "depth" / f"{img.stem}.png", self.root / "depth" / f"{img.stem}.npy"
@@ -398,14 +436,39 @@ class FolderDataset:
         img = self.items[idx]
         rgb = _read_rgb(img)
         dpng, dnpy = self._depth_paths(img)
+        scan = self._scan(img)
+        K = scan["K"] if scan is not None and scan.get("K") is not None else self.K
+        gt_kind = "dense"
         if dpng.is_file():
             depth = _read_depth_png(dpng, self.scale)
         elif dnpy.is_file():
             depth = np.load(dnpy, allow_pickle=False).astype(np.float32)
+        elif scan is not None:
+            depth, gt_kind = _projected_depth(scan["points"], scan["T_cam_lidar"], K, rgb.shape[:2]), "lidar"
         else:
-            raise FileNotFoundError(f"no depth for {img.name}: expected {dpng} or {dnpy}")
+            raise FileNotFoundError(f"no depth for {img.name}: expected {dpng}, {dnpy} or a LiDAR scan "
+                                    f"{self.root / 'lidar' / (img.stem + '.npz')}")
         if depth.shape != rgb.shape[:2]:
             raise ValueError(f"depth {depth.shape} and image {rgb.shape[:2]} sizes differ for {img.name}")
         lab = self.root / "labels" / f"{img.stem}.png"
         labels = cv2.imread(str(lab), cv2.IMREAD_UNCHANGED) if lab.is_file() else None
-        return _finish(self.key(idx), rgb, depth, self.K, self.max_depth, self.family, labels=labels)
+        if scan is None:
+            return _finish(self.key(idx), rgb, depth, K, self.max_depth, self.family, labels=labels)
+        s = _finish(self.key(idx), rgb, depth, K, self.max_depth, self.family, scan["points"], scan["T_cam_lidar"],
+                    labels)
+        if scan.get("rings") is not None:
+            s.rings = scan["rings"]
+        s.gt_kind = gt_kind
+        return s
+
+    def _scan(self, img: Path) -> dict | None:
+        path = self.root / "lidar" / f"{img.stem}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("points", "T_cam_lidar") if k not in z.files]
+            if missing:
+                raise ValueError(f"{path} lacks {missing}: it needs points (N, 3+) and T_cam_lidar (4, 4)")
+            return {"points": z["points"].astype(np.float32), "T_cam_lidar": z["T_cam_lidar"].astype(np.float64),
+                    "rings": z["rings"].astype(np.int64) if "rings" in z.files else None,
+                    "K": z["K"].astype(np.float64) if "K" in z.files else None}

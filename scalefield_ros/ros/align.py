@@ -211,7 +211,8 @@ class AlignCore:
                 self.tf_buffer = tf2_ros.Buffer()
                 self.tf_listener = tf2_ros.TransformListener(self.tf_buffer, self)
             except ImportError:
-                self.get_logger().warning("use_tf is true but tf2_ros does not import; using the extrinsic parameters")
+                self.get_logger().info("tf2_ros does not import here: the extrinsic comes from extrinsic_translation "
+                                       "and extrinsic_rotation")
         self._status_timer = self.create_timer(STATUS_PERIOD, self._publish_status)
         with self._lock:
             self._stop, self._latest = False, None
@@ -308,17 +309,26 @@ class AlignCore:
                 self._diagnose(frame[0].header, None, f"error: {exc}")
 
     def _extrinsic(self, camera_frame: str, lidar_frame: str, stamp) -> np.ndarray:
+        """camera <- LiDAR at the cloud's ``stamp`` from TF; the parameters when TF cannot say."""
         if self.tf_buffer is None:
             return self.T_param
-        try:
-            tf = self.tf_buffer.lookup_transform(camera_frame, lidar_frame, rclpy.time.Time.from_msg(stamp),
-                                                 timeout=rclpy.duration.Duration(seconds=0.05))
-            tr, q = tf.transform.translation, tf.transform.rotation
-            return quaternion_matrix([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
-        except Exception as exc:
-            self.get_logger().warning(f"TF {lidar_frame}->{camera_frame} unavailable ({exc}); using parameters",
-                                      throttle_duration_sec=5.0)
+        if not camera_frame or not lidar_frame:
+            self.get_logger().warning("image or cloud has an empty frame_id: no TF lookup possible; using the "
+                                      "extrinsic parameters", throttle_duration_sec=5.0)
             return self.T_param
+        # Never wait on the camera's thread: the transform at the cloud's stamp if TF has it,
+        # else the latest one (a static URDF transform is the same at any time).
+        for when in (rclpy.time.Time.from_msg(stamp), rclpy.time.Time()):
+            try:
+                tf = self.tf_buffer.lookup_transform(camera_frame, lidar_frame, when)
+                tr, q = tf.transform.translation, tf.transform.rotation
+                return quaternion_matrix([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
+            except Exception as exc:  # tf2 lookup, connectivity and extrapolation errors
+                err = exc
+        self.get_logger().warning(f"TF has no transform {lidar_frame} -> {camera_frame} ({type(err).__name__}: "
+                                  f"{err}); using extrinsic_translation / extrinsic_rotation",
+                                  throttle_duration_sec=5.0)
+        return self.T_param
 
     def _skip(self, header, reason: str, error: bool = False, kind: str | None = None) -> None:
         self.frames_skipped += 1
@@ -344,9 +354,11 @@ class AlignCore:
             self._warned_distortion = True
             self.get_logger().warning("CameraInfo has non-zero distortion D: this node assumes a rectified "
                                       "image (subscribe to image_rect); anchors will be off otherwise")
-        T = self._extrinsic(img.header.frame_id or cam.frame_id, cloud.header.frame_id, img.header.stamp)
+        T = self._extrinsic(img.header.frame_id or cam.frame_id, cloud.header.frame_id, cloud.header.stamp)
         t_decoded = time.perf_counter()
-        out = pipeline.process(rgb, cam.K, pts, T, stamp=cv.stamp_ns(img.header) * 1e-9)
+        # ring ids for self-validation: the driver's `ring` field, else the scan order (in the pipeline)
+        rings = cv.cloud_field(cloud, "ring") if pipeline.cfg.self_validation != "off" else None
+        out = pipeline.process(rgb, cam.K, pts, T, stamp=cv.stamp_ns(img.header) * 1e-9, rings=rings)
         if out.depth is None:
             return self._skip(img.header, out.reason, error=bool(out.gate))
         t_published = time.perf_counter()
@@ -395,6 +407,11 @@ class AlignCore:
                 fin = np.isfinite(sig) & np.isfinite(dep) & (dep > 0)
                 rel = sig[fin] / dep[fin]
                 values["median_relative_sigma"] = f"{float(np.median(rel)):.4f}" if rel.size else "nan"
+            if out.holdout_abs_rel == out.holdout_abs_rel:  # self-validation ran on this frame
+                values["holdout_abs_rel"] = f"{out.holdout_abs_rel:.4f}"
+                values["estimated_abs_rel"] = f"{out.estimated_abs_rel:.4f}"
+            if out.selfval_weights:
+                values["selfval_weights"] = " ".join(f"{k}={v:g}" for k, v in out.selfval_weights.items())
             if out.ridge_lambda == out.ridge_lambda:  # basis only (NaN for the other methods)
                 values["ridge_lambda"] = f"{out.ridge_lambda:.3g}"
             if out.fallback == "prior":

@@ -1,0 +1,211 @@
+"""Per-frame self-validation on held-out LiDAR rings, and stacking of aligners.
+
+A robot's LiDAR gives more anchors than one fit needs. Each frame, the anchors are split
+into folds of *whole rings* (interleaved: ring ranks 0, 3, 6, ... form fold 0), every
+candidate aligner is fitted once per fold without that fold's rings -- all folds in one
+batched call, the masks of :meth:`Aligner.fit` doing the leaving-out -- and predicts the
+depth at the held-out anchors. Those out-of-fold predictions give
+
+* each candidate's held-out error (an honest, online measure of accuracy: the anchors it
+  is measured on were never fitted), and
+* stacking weights in log depth: ``w >= 0``, ``sum w = 1`` minimising
+  ``sum_i (sum_c w_c log D_c(a_i) - log z_i)^2`` over the held-out anchors (non-negative
+  least squares with the sum as a heavily weighted extra row).
+
+The published depth is the weighted geometric mean of the candidates refitted on *all*
+anchors. With fewer rings than folds every ring is its own fold (leave one ring out); with
+one ring the anchors are split into contiguous blocks along the image's u axis.
+
+Why whole rings: neighbouring points on one ring are nearly the same measurement, so
+holding out random points (or 20 % of them) rewards methods that interpolate along the
+ring and picks the wrong method where rings are few.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .aligners import AlignmentResult, Aligner
+from .generator import BasisMaps
+
+#: Candidates of the node's self-validation (names of ``evaluate``'s methods).
+DEFAULT_CANDIDATES = ("basis-res", "grid-smooth", "lwlr")
+
+
+def ring_folds(rings: np.ndarray | torch.Tensor, uv: np.ndarray | torch.Tensor, n_folds: int = 3) -> np.ndarray:
+    """Fold id ``(N,)`` of every anchor: whole rings interleaved over ``n_folds`` folds,
+    every ring its own fold when fewer rings than folds are in view, contiguous u-blocks
+    for a single ring (or none known)."""
+    rings = np.asarray(rings.cpu() if torch.is_tensor(rings) else rings).reshape(-1)
+    uv = np.asarray(uv.cpu() if torch.is_tensor(uv) else uv).reshape(-1, 2)
+    ids, rank = np.unique(rings, return_inverse=True)
+    if len(ids) >= 2 * n_folds:
+        return rank % n_folds
+    if len(ids) >= 2:  # few rings: leave one ring out (interleaving would drop both outer rings at once)
+        return rank
+    order = np.argsort(uv[:, 0], kind="stable")
+    fold = np.empty(len(uv), np.int64)
+    fold[order] = np.arange(len(uv)) * n_folds // max(len(uv), 1)
+    return fold
+
+
+def stack_weights(pred_log: np.ndarray, y_log: np.ndarray, sum_weight: float = 1e3) -> np.ndarray:
+    """Non-negative weights summing to 1 that best combine the candidates' out-of-fold log
+    predictions ``(M, C)`` into ``y_log`` ``(M,)`` (rows with a non-finite prediction are left out)."""
+    from scipy.optimize import nnls
+
+    ok = np.isfinite(pred_log).all(1) & np.isfinite(y_log)
+    c = pred_log.shape[1]
+    if ok.sum() < 2:
+        return np.full(c, 1.0 / c)
+    P, y = pred_log[ok], y_log[ok]
+    scale = max(1.0, float(np.sqrt(len(y))))
+    A = np.vstack([P, np.full((1, c), sum_weight * scale)])
+    b = np.concatenate([y, [sum_weight * scale]])
+    w, _ = nnls(A, b)
+    s = w.sum()
+    return w / s if s > 0 else np.full(c, 1.0 / c)
+
+
+@dataclass
+class Candidate:
+    """One aligner under test and how to call it."""
+
+    name: str
+    aligner: Aligner
+    fit_kwargs: dict = field(default_factory=dict)  # e.g. basis_maps=, regions=
+
+
+@dataclass
+class SelfValidation:
+    """What one frame's cross-validation found."""
+
+    weights: dict[str, float]  # stacking weights (sum 1)
+    holdout_abs_rel: dict[str, float]  # per candidate, on the held-out anchors
+    blend_abs_rel: float  # the stacked blend, on the held-out anchors
+    folds: int
+    held_out: int  # anchors that were scored
+    rings: int  # rings in view
+
+
+def _batched(kwargs: dict, b: int) -> dict:
+    out = dict(kwargs)
+    maps = kwargs.get("basis_maps")
+    if isinstance(maps, BasisMaps) and maps.E.shape[0] == 1 and b > 1:
+        out["basis_maps"] = BasisMaps(maps.E.expand(b, -1, -1, -1), maps.B.expand(b, -1, -1, -1),
+                                      maps.G.expand(b, -1, -1, -1), maps.size)
+    if kwargs.get("features") is not None and kwargs["features"].shape[0] == 1 and b > 1:
+        out["features"] = kwargs["features"].expand(b, -1, -1, -1)
+    return out
+
+
+def cross_validate(candidates: list[Candidate], mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor,
+                   folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold log depth ``(M, C)`` of every candidate at the anchors, and ``log z``.
+
+    Each candidate runs once on a batch of one image per fold, that fold's anchors masked."""
+    mde = torch.as_tensor(mde).float()
+    if mde.dim() == 3:
+        mde = mde[0]
+    uv = torch.as_tensor(uv, dtype=torch.float32, device=mde.device)
+    z = torch.as_tensor(z, dtype=torch.float32, device=mde.device)
+    f = torch.as_tensor(folds, device=mde.device)
+    n_f = int(f.max()) + 1 if len(f) else 0
+    h, w = mde.shape
+    ui = uv[:, 0].round().long().clamp(0, w - 1)
+    vi = uv[:, 1].round().long().clamp(0, h - 1)
+    masks = torch.stack([f != k for k in range(n_f)])  # (F, N): fit on the other folds
+    pred = torch.full((len(z), len(candidates)), float("nan"), dtype=torch.float64)
+    for c, cand in enumerate(candidates):
+        res = cand.aligner.fit(mde.expand(n_f, h, w), uv.expand(n_f, -1, -1), z.expand(n_f, -1),
+                               anchors_mask=masks, **_batched(cand.fit_kwargs, n_f))
+        d = res.depth[f, vi, ui]  # each anchor read from the fit that did not see it
+        pred[:, c] = torch.log(d.double()).cpu()
+    return pred.numpy(), torch.log(z.double()).cpu().numpy()
+
+
+def self_validate(candidates: list[Candidate], mde: torch.Tensor, uv, z, rings, n_folds: int = 3,
+                  weights: np.ndarray | None = None, margin: float = 0.05) -> tuple[AlignmentResult, SelfValidation]:
+    """Cross-validate the candidates on whole rings, stack them, and publish the stacked
+    fit on all anchors. ``weights`` (from an earlier frame) skips the cross-validation.
+
+    The first candidate is the default: the blend replaces it only when its held-out error
+    is at least ``margin`` (relative) lower -- held-out rings measure the fit between
+    rings, not far from every ring, so a small held-out gain is not worth a switch."""
+    uv_t = torch.as_tensor(uv, dtype=torch.float32)
+    z_t = torch.as_tensor(z, dtype=torch.float32)
+    folds = ring_folds(rings, uv_t, n_folds)
+    names = [c.name for c in candidates]
+    sv = None
+    if weights is None:
+        pred, y = cross_validate(candidates, mde, uv_t, z_t, folds)
+        weights, sv = summarise(names, pred, y, folds, rings, margin)
+    res = blend_fits(candidates, weights, mde, uv_t, z_t)
+    return res, sv
+
+
+def blend_fits(candidates: list[Candidate], weights: np.ndarray, mde: torch.Tensor, uv: torch.Tensor,
+               z: torch.Tensor, min_weight: float = 0.01,
+               done: dict[int, AlignmentResult] | None = None) -> AlignmentResult:
+    """The candidates fitted on all anchors, blended in log depth with ``weights`` (a
+    candidate under ``min_weight`` is not run; where one is NaN the others' weights are
+    renormalised). ``done``: fits already made (candidate index -> result)."""
+    keep = [i for i, x in enumerate(weights) if x >= min_weight] or [int(np.argmax(weights))]
+    if len(keep) == 1 and done and keep[0] in done:
+        return done[keep[0]]
+    acc = wsum = None
+    last = None
+    for i in keep:
+        cand = candidates[i]
+        r = done[i] if done and i in done else cand.aligner.fit(mde, uv, z, **cand.fit_kwargs)
+        last = r
+        ld = torch.log(r.depth)
+        ok = torch.isfinite(ld)
+        wi = float(weights[i])
+        term = torch.where(ok, wi * ld, torch.zeros_like(ld))
+        acc = term if acc is None else acc + term
+        wt = ok.float() * wi
+        wsum = wt if wsum is None else wsum + wt
+    depth = torch.where(wsum > 0, torch.exp(acc / wsum.clamp_min(1e-12)), torch.full_like(acc, float("nan")))
+    mde_t = torch.as_tensor(mde).float()
+    scale = depth / torch.where(torch.isfinite(mde_t) & (mde_t > 0), mde_t, torch.ones_like(mde_t))
+    base = (done or {}).get(0, last)
+    return AlignmentResult(depth, scale, base.anchors_used, base.fallback, base.residual, dict(base.timings),
+                           dict(base.extras))
+
+
+def trimmed_mean(x: np.ndarray, trim: float = 0.1, axis: int = 0) -> np.ndarray:
+    """Mean after dropping the largest ``trim`` share (NaN ignored): a few held-out anchors
+    on occlusion edges or mixed pixels must not dominate a frame's accuracy estimate."""
+    x = np.sort(np.where(np.isfinite(x), x, np.inf), axis=axis)
+    n = np.isfinite(x).sum(axis=axis)
+    keep = np.maximum(1, np.floor(n * (1 - trim))).astype(int)
+    idx = np.arange(x.shape[axis]).reshape((-1,) + (1,) * (x.ndim - 1)) if axis == 0 else np.arange(x.shape[axis])
+    sel = idx < keep
+    return np.where(n > 0, np.where(sel, np.nan_to_num(x, posinf=0.0), 0.0).sum(axis=axis) / keep, np.nan)
+
+
+def summarise(names: list[str], pred: np.ndarray, y: np.ndarray, folds: np.ndarray, rings,
+              margin: float = 0.05) -> tuple[np.ndarray, SelfValidation]:
+    """Stacking weights (the first candidate alone unless the blend is ``margin`` better on
+    the held-out anchors) and the held-out errors of every candidate and of the blend."""
+    weights = stack_weights(pred, y)
+    zz = np.exp(y)
+    err = np.abs(np.exp(pred) - zz[:, None]) / zz[:, None]
+    blend = np.abs(np.exp(np.nan_to_num(pred, nan=0.0) @ weights) - zz) / zz
+    per = trimmed_mean(err)
+    if not trimmed_mean(blend) < (1.0 - margin) * per[0]:
+        weights = np.eye(len(names))[0]
+        blend = err[:, 0]
+    sv = SelfValidation({n: float(x) for n, x in zip(names, weights)},
+                        {n: float(per[i]) for i, n in enumerate(names)},
+                        float(trimmed_mean(blend)), int(folds.max()) + 1 if len(folds) else 0, len(zz),
+                        len(np.unique(np.asarray(rings))))
+    return weights, sv
+
+
+CandidateFactory = Callable[[str], Candidate]

@@ -1,0 +1,127 @@
+"""How well the node's online accuracy estimate (self-validation on held-out rings) tracks
+the true error, on synthetic sequences through the node's pipeline.
+
+    python -m scalefield_ros.selfval_check --fit                      # validation seeds 8000-8011 -> tuned/holdout.yaml
+    python -m scalefield_ros.selfval_check --seeds 9000-9011 --out DIR # held-out seeds: the figures
+
+Each frame runs the node's default (``self_validation: estimate``, every frame): the
+method's AbsRel on whole held-out rings (``holdout_abs_rel``). Held-out rings measure the
+fit *between* rings; the image also has pixels far from every ring, so the raw figure runs
+low, the more so the denser the rings (the held-out ring lies between close neighbours).
+``--fit`` stores, per family, the ratio true / held-out on validation seeds as a power of
+the rings in view, ``exp(a + b log n)`` (least squares in log); the node reports
+``estimated_abs_rel`` = that factor x ``holdout_abs_rel``. Reported: the
+Spearman rank correlation of the estimate with the true AbsRel over frames, and the mean
+relative gap ``|estimate / true - 1|``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .threads import add_threads_argument, set_threads
+
+TUNED_FILE = Path(__file__).resolve().parent / "tuned" / "holdout.yaml"
+
+
+def run_frames(family: str, seeds: list[int], frames: tuple[int, ...], rings_in_view: tuple[int, ...]) -> list[dict]:
+    """Per frame: held-out and true AbsRel of the node's default, at several ring counts."""
+    from .core.metrics import MAX_DEPTH, depth_metrics, evaluation_mask
+    from .core.rings import thin_to_rings
+    from .data.synthetic import LABELS, SyntheticWorld
+    from .pipeline import MetricDepthPipeline, PipelineConfig
+
+    pipe = MetricDepthPipeline(PipelineConfig(device="cpu", self_validation="estimate", self_validation_every=1,
+                                              max_depth=MAX_DEPTH[family], tuned=family, uncertainty=family))
+    rows = []
+    for seed in seeds:
+        w = SyntheticWorld(family, seed)
+        for i in frames:
+            f = w.frame(i)
+            rings = w.ring_ids(f.points)
+            gt = torch.from_numpy(np.nan_to_num(f.depth))
+            mask = evaluation_mask(gt, MAX_DEPTH[family], sky=torch.from_numpy(f.labels == LABELS["sky"]))
+            for n in rings_in_view:
+                keep = thin_to_rings(f.points, rings, f.T_cam_lidar, f.K, f.depth.shape, n, 0.37, return_mask=True)[2]
+                pipe._sv_frame = 0
+                out = pipe.process(f.rgb, f.K, f.points[keep], f.T_cam_lidar, stamp=None, rings=rings[keep])
+                if out.depth is None or not out.holdout_abs_rel == out.holdout_abs_rel:
+                    continue
+                d = torch.from_numpy(np.where(np.isfinite(out.depth), out.depth, np.nan))
+                true = depth_metrics(d, gt, mask)["abs_rel"]
+                rows.append({"family": family, "seed": seed, "frame": i, "rings": n,
+                             "holdout_abs_rel": out.holdout_abs_rel, "true_abs_rel": true})
+    return rows
+
+
+def factor(model: dict, rings: float) -> float:
+    """The calibration factor ``exp(a + b log rings)`` of a fitted model (1 without one)."""
+    return float(np.exp(model.get("a", 0.0) + model.get("b", 0.0) * np.log(max(rings, 1.0))))
+
+
+def fit_model(rows: list[dict]) -> dict:
+    n = np.log([r["rings"] for r in rows])
+    y = np.log([r["true_abs_rel"] / r["holdout_abs_rel"] for r in rows])
+    b, a = np.polyfit(n, y, 1)
+    return {"a": round(float(a), 4), "b": round(float(b), 4)}
+
+
+def agreement(rows: list[dict], model: dict) -> dict:
+    from scipy.stats import spearmanr
+
+    est = np.array([r["holdout_abs_rel"] * factor(model, r["rings"]) for r in rows])
+    true = np.array([r["true_abs_rel"] for r in rows])
+    gap = np.abs(est / true - 1)
+    return {"frames": len(rows), "model": model, "spearman": float(spearmanr(est, true)[0]),
+            "mean_relative_gap": float(np.mean(gap)), "median_relative_gap": float(np.median(gap)),
+            "mean_ratio_estimate_over_true": float(np.mean(est / true))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import yaml
+
+    from .data.synthetic import HELD_OUT_SEED, parse_seeds
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fit", action="store_true", help="fit the factors on validation seeds (< 9000)")
+    p.add_argument("--seeds", default=None, help="default: 8000-8011 with --fit, else 9000-9011")
+    p.add_argument("--frames", default="0,5,10")
+    p.add_argument("--rings", default="4,8,16,32", help="ring counts in view per frame")
+    p.add_argument("--out", default="", help="directory for results.json (held-out run)")
+    add_threads_argument(p)
+    a = p.parse_args(argv)
+    set_threads(a.threads)
+    seeds = parse_seeds(a.seeds or ("8000-8011" if a.fit else "9000-9011"))
+    if a.fit and any(s >= HELD_OUT_SEED for s in seeds):
+        raise SystemExit(f"--fit takes validation seeds below {HELD_OUT_SEED}; got {a.seeds}")
+    frames = tuple(int(x) for x in a.frames.split(","))
+    rings = tuple(int(x) for x in a.rings.split(","))
+    doc = {"seeds": a.seeds or ("8000-8011" if a.fit else "9000-9011"), "frames": list(frames),
+           "rings": list(rings), "families": {}}
+    models = yaml.safe_load(TUNED_FILE.read_text())["model"] if TUNED_FILE.is_file() and not a.fit else {}
+    for fam in ("street", "indoor"):
+        rows = [r for r in run_frames(fam, seeds, frames, rings) if r["holdout_abs_rel"] > 0]
+        model = fit_model(rows) if a.fit else models.get(fam, {})
+        doc["families"][fam] = {"raw": agreement(rows, {}), "calibrated": agreement(rows, model), "rows": rows}
+        print(f"{fam}: raw {doc['families'][fam]['raw']}; calibrated {doc['families'][fam]['calibrated']}",
+              flush=True)
+    if a.fit:
+        TUNED_FILE.write_text(yaml.safe_dump({
+            "about": "true AbsRel / held-out-ring AbsRel of the node's default = exp(a + b log rings in view), "
+                     "least squares over validation frames (python -m scalefield_ros.selfval_check --fit)",
+            "seeds": doc["seeds"], "rings": list(rings),
+            "model": {f: d["calibrated"]["model"] for f, d in doc["families"].items()}}, sort_keys=False))
+        print(f"wrote {TUNED_FILE}")
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "results.json").write_text(json.dumps(doc, indent=2))
+    return doc
+
+
+if __name__ == "__main__":
+    main()

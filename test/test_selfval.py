@@ -1,0 +1,111 @@
+"""Self-validation on held-out LiDAR rings: folds of whole rings, stacking, the pipeline's
+online accuracy estimate."""
+
+import numpy as np
+import pytest
+import torch
+
+from scalefield_ros.core import make
+from scalefield_ros.core.metrics import depth_metrics, evaluation_mask
+from scalefield_ros.core.selfval import Candidate, cross_validate, ring_folds, self_validate, stack_weights
+from scalefield_ros.data.synthetic import LABELS, SyntheticWorld
+from scalefield_ros.pipeline import MetricDepthPipeline, PipelineConfig
+
+
+def test_folds_hold_out_whole_rings():
+    rings = np.repeat([10, 11, 12, 13, 14, 15, 16], 5)
+    uv = np.random.default_rng(0).uniform(0, 100, (len(rings), 2))
+    f = ring_folds(rings, uv, 3)
+    for r in np.unique(rings):
+        assert len(np.unique(f[rings == r])) == 1  # a ring is never split
+    assert sorted(np.unique(f)) == [0, 1, 2]
+    few = ring_folds(np.repeat([3, 7, 9], 4), uv[:12], 3)  # fewer than 2 x folds: one ring each
+    assert len(np.unique(few)) == 3
+    one = ring_folds(np.zeros(30, int), uv[:30], 3)  # one ring: blocks along u
+    assert len(np.unique(one)) == 3 and np.all(np.diff(one[np.argsort(uv[:30, 0])]) >= 0)
+
+
+def test_stacking_finds_the_candidate_that_predicts_held_out_anchors():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=200)
+    good = y + rng.normal(scale=0.01, size=200)
+    bad = y + rng.normal(scale=0.5, size=200)
+    w = stack_weights(np.stack([bad, good], 1), y)
+    assert w[1] > 0.95 and abs(w.sum() - 1) < 1e-9 and (w >= 0).all()
+    half = stack_weights(np.stack([y + 0.2, y - 0.2], 1), y)  # opposite biases: equal blend
+    assert np.allclose(half, [0.5, 0.5], atol=0.02)
+
+
+@pytest.fixture(scope="module")
+def street():
+    w = SyntheticWorld("street", 9005)
+    f = w.frame(0)
+    return w, f
+
+
+def test_cross_validation_never_sees_the_held_out_anchors(street):
+    """A candidate that interpolates its anchors exactly is perfect on fitted anchors but
+    not on held-out rings: the out-of-fold prediction must differ from the anchor depth."""
+    from scalefield_ros.core.anchors import project_points
+
+    w, f = street
+    rings = w.ring_ids(f.points)
+    uv, z, idx = project_points(f.points, torch.as_tensor(f.T_cam_lidar), torch.as_tensor(f.K), f.depth.shape,
+                                return_index=True)
+    mde = torch.from_numpy(np.nan_to_num(f.depth, nan=1.0) ** 0.7 + 1.0).float()  # a distorted "network"
+    folds = ring_folds(rings[idx.numpy()], uv, 3)
+    pred, y = cross_validate([Candidate("lwlr", make("lwlr", bandwidth=0.002, ridge=1e-6))], mde, uv, z, folds)
+    gap = np.abs(np.exp(pred[:, 0]) - np.exp(y)) / np.exp(y)
+    assert np.nanmedian(gap) > 1e-3  # out of fold: not the anchor itself
+    full = make("lwlr", bandwidth=0.002, ridge=1e-6).fit(mde, uv, z).depth
+    at = full[uv[:, 1].long(), uv[:, 0].long()]
+    assert float(torch.nanmedian(torch.abs(at - z) / z)) < np.nanmedian(gap)
+
+
+def test_pipeline_estimate_tracks_the_true_error(street):
+    """The held-out-ring AbsRel of the node's default and of global scale+shift: the worse
+    method has the larger estimate, and each estimate is within a factor 3 of the truth."""
+    from scalefield_ros.core.rings import thin_to_rings
+
+    w, f = street
+    rings = w.ring_ids(f.points)
+    pts, _, keep = thin_to_rings(f.points, rings, f.T_cam_lidar, f.K, f.depth.shape, 8, 0.3, return_mask=True)
+    rings = rings[keep]
+    gt = torch.from_numpy(np.nan_to_num(f.depth))
+    mask = evaluation_mask(gt, 80.0, sky=torch.from_numpy(f.labels == LABELS["sky"]))
+    seen = {}
+    for method in ("basis", "global"):
+        p = MetricDepthPipeline(PipelineConfig(device="cpu", method=method, self_validation="estimate",
+                                               self_validation_every=1, max_extrapolation=0,
+                                               max_relative_uncertainty=0))
+        out = p.process(f.rgb, f.K, pts, f.T_cam_lidar, rings=rings)
+        true = depth_metrics(torch.from_numpy(out.depth), gt, mask)["abs_rel"]
+        assert np.isfinite(out.holdout_abs_rel) and true / 3 < out.holdout_abs_rel < 3 * true, (method, out, true)
+        seen[method] = (out.holdout_abs_rel, true)
+        assert "self_validation" in out.timings
+    assert seen["global"][0] > seen["basis"][0] and seen["global"][1] > seen["basis"][1]
+
+
+def test_blend_mode_publishes_a_stack_with_weights(street):
+    w, f = street
+    p = MetricDepthPipeline(PipelineConfig(device="cpu", self_validation="blend", self_validation_every=2,
+                                           self_validation_candidates="global,lwlr"))
+    outs = [p.process(f.rgb, f.K, f.points, f.T_cam_lidar, rings=w.ring_ids(f.points)) for _ in range(3)]
+    assert all(o.depth is not None for o in outs)
+    assert np.isfinite(outs[0].holdout_abs_rel) and not np.isfinite(outs[1].holdout_abs_rel)  # every 2nd frame
+    assert set(outs[1].selfval_weights) == {"basis", "global", "lwlr"}  # carried over
+    assert abs(sum(outs[1].selfval_weights.values()) - 1) < 0.01
+
+
+def test_self_validate_returns_the_first_candidate_unless_the_blend_is_clearly_better(street):
+    w, f = street
+    from scalefield_ros.core.anchors import project_points
+
+    rings = w.ring_ids(f.points)
+    uv, z, idx = project_points(f.points, torch.as_tensor(f.T_cam_lidar), torch.as_tensor(f.K), f.depth.shape,
+                                return_index=True)
+    mde = torch.from_numpy(np.nan_to_num(f.depth, nan=1.0)).float() * 3.0  # a perfect network up to scale
+    cands = [Candidate("global-scale", make("global-scale")), Candidate("lwlr", make("lwlr"))]
+    res, sv = self_validate(cands, mde, uv, z, rings[idx.numpy()])
+    assert sv.weights["global-scale"] == 1.0  # nothing beats the right model on held-out rings
+    assert sv.holdout_abs_rel["global-scale"] < 0.05
