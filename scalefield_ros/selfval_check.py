@@ -82,6 +82,33 @@ def agreement(rows: list[dict], model: dict) -> dict:
             "mean_ratio_estimate_over_true": float(np.mean(est / true))}
 
 
+def cost(frames: int = 30, every: int = 10) -> dict:
+    """Alignment stages (generator + solve + apply + self-validation) per frame, with
+    self-validation off, ``estimate`` every ``every`` frames and every frame, measured in one
+    run on the same street frames (ratios against off; timings only in this benchmark)."""
+    from .data.synthetic import SyntheticWorld
+    from .pipeline import MetricDepthPipeline, PipelineConfig
+
+    w = SyntheticWorld("street", 9007)
+    data = [(f, w.ring_ids(f.points)) for f in (w.frame(i) for i in range(5))]
+    modes = {"off": dict(self_validation="off"), f"estimate_every_{every}": dict(self_validation="estimate",
+                                                                              self_validation_every=every),
+             "estimate_every_1": dict(self_validation="estimate", self_validation_every=1)}
+    pipes = {k: MetricDepthPipeline(PipelineConfig(device="cpu", max_depth=80.0, **v)) for k, v in modes.items()}
+    stage = ("generator", "solve", "apply", "self_validation")
+    ms = {k: [] for k in modes}
+    for i in range(frames + 3):
+        f, rings = data[i % len(data)]
+        for k, p in pipes.items():  # interleaved: the machine's noise hits every mode alike
+            out = p.process(f.rgb, f.K, f.points, f.T_cam_lidar, rings=rings)
+            if i >= 3:  # warm-up
+                ms[k].append(1000 * sum(out.timings.get(s, 0.0) for s in stage))
+    mean = {k: float(np.mean(v)) for k, v in ms.items()}  # amortised: the cross-validation frames included
+    return {"stages_ms_mean": mean, "stages_ms_median": {k: float(np.median(v)) for k, v in ms.items()},
+            "ratio_vs_off_amortised": {k: v / mean["off"] for k, v in mean.items()}, "frames": frames,
+            "every": every}
+
+
 def main(argv: list[str] | None = None) -> dict:
     import yaml
 
@@ -93,9 +120,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--frames", default="0,5,10")
     p.add_argument("--rings", default="4,8,16,32", help="ring counts in view per frame")
     p.add_argument("--out", default="", help="directory for results.json (held-out run)")
+    p.add_argument("--cost", action="store_true", help="only measure the cost (alignment stages with and without)")
     add_threads_argument(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
+    if a.cost:
+        doc = cost()
+        print(json.dumps(doc, indent=2))
+        if a.out:
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+            (Path(a.out) / "cost.json").write_text(json.dumps(doc, indent=2))
+        return doc
     seeds = parse_seeds(a.seeds or ("8000-8011" if a.fit else "9000-9011"))
     if a.fit and any(s >= HELD_OUT_SEED for s in seeds):
         raise SystemExit(f"--fit takes validation seeds below {HELD_OUT_SEED}; got {a.seeds}")

@@ -259,3 +259,49 @@ def test_tf_extrinsic_and_its_fallback_to_the_parameters():
     assert AlignCore._extrinsic(node, "", "lidar", stamp)[0, 3] == 9.0 and "empty frame_id" in warnings[-1]
     node.tf_buffer = None  # use_tf false, or tf2_ros missing
     assert AlignCore._extrinsic(node, "cam", "lidar", stamp) is T_param
+
+
+def test_extrinsic_from_real_tf_static_wins_over_wrong_parameters():
+    """With real tf2_ros (any ROS 2 robot): /tf_static holds the true camera <- LiDAR
+    transform, the parameters a wrong one (yawed 90 deg): the node must use TF and publish
+    depth that matches the ground truth. Skipped where tf2_ros does not import."""
+    pytest.importorskip("tf2_ros")
+    import math
+
+    import torch
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from tf2_msgs.msg import TFMessage
+
+    from scalefield_ros.core.metrics import depth_metrics, evaluation_mask
+    from scalefield_ros.core.transforms import matrix_quaternion
+    from scalefield_ros.data.writers import CAMERA_FRAME, LIDAR_FRAME
+
+    world = SyntheticWorld("street", 9006)
+    f = world.frame(0)
+    a = math.pi / 2
+    yaw = np.eye(4)
+    yaw[:2, :2] = [[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]
+    wrong_t, wrong_q = matrix_quaternion(world.T_cam_lidar(0) @ yaw)
+    rig = Harness(world_overrides(world, extrinsic_translation=wrong_t, extrinsic_rotation=wrong_q, max_depth=80.0,
+                                  use_tf=True), reliability=rclpy.qos.ReliabilityPolicy.RELIABLE)
+    try:
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        pub = rig.io.create_publisher(TFMessage, "/tf_static", qos)
+        (x, y, z), (qx, qy, qz, qw) = matrix_quaternion(f.T_cam_lidar)
+        ts = TransformStamped()
+        ts.header.frame_id, ts.child_frame_id = CAMERA_FRAME, LIDAR_FRAME
+        ts.transform.translation.x, ts.transform.translation.y, ts.transform.translation.z = x, y, z
+        ts.transform.rotation.x, ts.transform.rotation.y = qx, qy
+        ts.transform.rotation.z, ts.transform.rotation.w = qz, qw
+        pub.publish(TFMessage(transforms=[ts]))
+        assert rig.wait_for(lambda: rig.node.tf_buffer is not None and rig.node.tf_buffer.can_transform(
+            CAMERA_FRAME, LIDAR_FRAME, rclpy.time.Time()), 10.0)
+        rig.publish(f)
+        assert rig.wait_for(lambda: len(rig.depth) > 0, 30.0), rig.diag_messages()
+        d = cv.image_to_array(rig.depth[-1])
+        gt = torch.from_numpy(np.nan_to_num(f.depth))
+        m = depth_metrics(torch.from_numpy(np.where(np.isfinite(d), d, np.nan)), gt, evaluation_mask(gt, 80.0))
+        assert m["abs_rel"] < 0.2, m
+    finally:
+        rig.close()

@@ -149,7 +149,7 @@ def build_ddad(repo: Path, out: Path) -> None:
         scene_dir = scene_json.rsplit("/", 1)[0]
         scene = json.loads(git_show(repo, scene_json))
         data = {d["key"]: d for d in scene["data"]}
-        for sample in scene["samples"]:
+        for k, sample in enumerate(scene["samples"]):  # the samples' own index field is "0" for all
             calib = json.loads(git_show(repo, f"{scene_dir}/calibration/{sample['calibration_key']}.json"))
             ext = {name: _pose(e) for name, e in zip(calib["names"], calib["extrinsics"])}
             intr = dict(zip(calib["names"], calib["intrinsics"]))
@@ -165,7 +165,7 @@ def build_ddad(repo: Path, out: Path) -> None:
                 i = intr[cam]
                 K = np.array([[i["fx"], i["skew"], i["cx"]], [0, i["fy"], i["cy"]], [0, 0, 1]], np.float64)
                 T = np.linalg.inv(ext[cam]) @ ext[lname]  # LiDAR -> vehicle -> camera (optical)
-                stem = f"{scene_dir.split('/')[-1]}_{sample['id']['index']}_{cam}"
+                stem = f"{scene_dir.split('/')[-1]}_{k}_{cam}"
                 (root / "rgb" / f"{stem}.jpg").write_bytes(git_show(repo, f"{scene_dir}/{d['datum']['image']['filename']}"))
                 np.savez(root / "lidar" / f"{stem}.npz", points=pts, rings=elevation_bands(pts), T_cam_lidar=T, K=K)
                 K0 = K if K0 is None else K0
