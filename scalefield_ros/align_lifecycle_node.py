@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import sys
 
+if __name__ == "__main__":  # `python -m`: quiet Ctrl-C while torch and rclpy import (early_signals)
+    from .early_signals import install as _install_early_signals
+
+    _install_early_signals()
+
 from .align_node import run
 
 

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import threading
 
+if __name__ == "__main__":  # `python -m`: quiet Ctrl-C while torch and rclpy import (early_signals)
+    from .early_signals import install as _install_early_signals
+
+    _install_early_signals()
+
 from .core.transforms import matrix_quaternion, quaternion_matrix  # noqa: F401 (re-exported)
 from .node_params import (NODE_RUNTIME, PARAM_DEFAULTS, PARAM_RANGES, PARAMS, RUNTIME_CONFIG,  # noqa: F401 (re-exported)
                           Param, coerce_param, pipeline_config, validate_param)

@@ -21,8 +21,16 @@ def exit_status(value) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+#: Executables that are node processes: quiet exit on Ctrl-C while still importing.
+NODES = ("align_node", "align_lifecycle_node")
+
+
 def _entry(module: str) -> Callable[[], int]:
     def main() -> int:
+        if module in NODES:
+            from .early_signals import install
+
+            install()
         return exit_status(importlib.import_module(f"scalefield_ros.{module}").main())
     main.__name__ = module.replace(".", "_")
     return main

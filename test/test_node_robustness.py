@@ -305,3 +305,24 @@ def test_extrinsic_from_real_tf_static_wins_over_wrong_parameters():
         assert m["abs_rel"] < 0.2, m
     finally:
         rig.close()
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.5, 1.0])
+def test_ctrl_c_while_the_node_is_still_importing_exits_quietly(delay):
+    """SIGINT in the first second (torch and rclpy importing): exit within seconds, status
+    128 + 2 or a clean 0 once rclpy's handler is in, never a traceback or an abort."""
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "scalefield_ros.align_node", "--ros-args", "-p", "device:=cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the signal was lost: the node did not exit")
+    assert proc.returncode in (0, 130), (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "terminate called" not in err, err[-2000:]
