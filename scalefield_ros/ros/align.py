@@ -251,6 +251,12 @@ class AlignCore:
         def cb(msg, info) -> None:  # rclpy passes the MessageInfo (publisher sequence numbers) to 2-arg callbacks
             stamp = cv.stamp_ns(msg.header)
             self.monitor.received(name, stamp, info)
+            bad = cv.stamp_problem(msg.header)
+            if bad:  # kept out of the synchroniser: its bogus time would displace the valid messages
+                self.monitor.drop("input")
+                self.get_logger().warning(f"{name} message dropped: {bad}", throttle_duration_sec=5.0)
+                self._diagnose(None, None, f"{name} message dropped: {bad}")
+                return
             self.sync.add(i, msg, stamp)
         return cb
 
