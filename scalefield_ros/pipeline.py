@@ -339,7 +339,7 @@ class MetricDepthPipeline:
         candidates with the last weights found. Returns the result to publish and what to
         report (``holdout``: the published fit's held-out AbsRel, ``weights``)."""
         from .core.generator import BasisMaps
-        from .core.selfval import Candidate, blend_fits, cross_validate, ring_folds, summarise
+        from .core.selfval import Candidate, blend_fits, calibration_factor, cross_validate, ring_folds, summarise
 
         cfg = self.cfg
         names = [method] + ([n for n in cfg.self_validation_candidates.split(",") if n and n != method]
@@ -368,9 +368,7 @@ class MetricDepthPipeline:
                     al.prior_weights = saved
             self._sv_weights, sv = summarise(names, pred, y, folds, rings)
             out["holdout"] = sv.blend_abs_rel if cfg.self_validation == "blend" else sv.holdout_abs_rel[method]
-            from .selfval_check import factor
-
-            out["estimated"] = out["holdout"] * factor(self.holdout_model, sv.rings)
+            out["estimated"] = out["holdout"] * calibration_factor(self.holdout_model, sv.rings)
         self._sv_frame += 1
         if cfg.self_validation == "blend" and self._sv_weights is not None:
             res = blend_fits(cands, self._sv_weights, mde, uv, z, done={0: res})

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .core.selfval import calibration_factor as factor
 from .threads import add_threads_argument, set_threads
 
 TUNED_FILE = Path(__file__).resolve().parent / "tuned" / "holdout.yaml"
@@ -57,11 +58,6 @@ def run_frames(family: str, seeds: list[int], frames: tuple[int, ...], rings_in_
                 rows.append({"family": family, "seed": seed, "frame": i, "rings": n,
                              "holdout_abs_rel": out.holdout_abs_rel, "true_abs_rel": true})
     return rows
-
-
-def factor(model: dict, rings: float) -> float:
-    """The calibration factor ``exp(a + b log rings)`` of a fitted model (1 without one)."""
-    return float(np.exp(model.get("a", 0.0) + model.get("b", 0.0) * np.log(max(rings, 1.0))))
 
 
 def fit_model(rows: list[dict]) -> dict:

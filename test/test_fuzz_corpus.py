@@ -158,17 +158,8 @@ CASES = {
 @pytest.fixture(scope="module")
 def rig():
     h = Harness(world_overrides(WORLD, max_depth=80.0), reliability=rclpy.qos.ReliabilityPolicy.RELIABLE)
-    h.step = 0
     yield h
     h.close()
-
-
-def _status(h) -> dict:
-    for d in reversed(h.diag):
-        for st in d.status:
-            if st.name.endswith(": inputs"):
-                return {kv.key: kv.value for kv in st.values}
-    return {}
 
 
 def test_the_corpus_is_large():
@@ -205,6 +196,6 @@ def test_no_input_reached_the_catch_all(rig):
     h = rig
     n = len(h.diag)
     assert h.wait_for(lambda: any(st.name.endswith(": inputs") for d in h.diag[n:] for st in d.status), 5.0)
-    s = _status(h)
+    s = h.status_values(": inputs")
     assert "dropped_error" not in s, s
     assert int(s["frames_accounted"]) == int(s["synchronised"]), s

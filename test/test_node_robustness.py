@@ -27,7 +27,6 @@ BASE = 1_790_000_000_000_000_000
 @pytest.fixture(scope="module")
 def h():
     rig = Harness(world_overrides(WORLD, max_depth=80), reliability=rclpy.qos.ReliabilityPolicy.RELIABLE)
-    rig.step = 0
     yield rig
     rig.close()
 
@@ -35,14 +34,6 @@ def h():
 def _next_stamp(h) -> int:
     h.step += 1
     return BASE + h.step * 100_000_000
-
-
-def _status(h, name: str) -> dict:
-    for d in reversed(h.diag):
-        for st in d.status:
-            if st.name.endswith(name):
-                return {kv.key: kv.value for kv in st.values}
-    return {}
 
 
 def _publish_expect(h, mutate, reason_part: str, level=DiagnosticStatus.WARN):
@@ -79,14 +70,14 @@ def test_gate_after_a_warning_is_an_error_counted_once(h):
         _scramble_cloud(m)
         del m["types"]
 
-    before = _status(h, "alignment")
+    before = h.status_values("alignment")
     st = _publish_expect(h, scramble, GATE_MESSAGE, level=DiagnosticStatus.ERROR)
     assert "network may be wrong" in st.message
     assert "Logger severity" not in " ".join(h.diag_messages())
-    assert h.wait_for(lambda: "dropped_sanity_gate" in _status(h, "inputs"), 5.0)
-    inputs = _status(h, "inputs")
+    assert h.wait_for(lambda: "dropped_sanity_gate" in h.status_values("inputs"), 5.0)
+    inputs = h.status_values("inputs")
     assert inputs["dropped_sanity_gate"] == "1" and "dropped_error" not in inputs, inputs
-    assert int(_status(h, "alignment")["frames_skipped"]) == int(before.get("frames_skipped", 0)) + 1
+    assert int(h.status_values("alignment")["frames_skipped"]) == int(before.get("frames_skipped", 0)) + 1
 
 
 @pytest.mark.parametrize("k22, skew", [(2.0, 0.0), (0.0, 0.0), (1.0, 1e6)])
@@ -97,8 +88,8 @@ def test_non_pinhole_camera_info_is_an_input_skip(h, k22, skew):
         m["camera_info"].k = K
 
     _publish_expect(h, mutate, "CameraInfo")
-    assert h.wait_for(lambda: "dropped_input" in _status(h, "inputs"), 5.0)
-    assert "dropped_anchors" not in _status(h, "inputs")
+    assert h.wait_for(lambda: "dropped_input" in h.status_values("inputs"), 5.0)
+    assert "dropped_anchors" not in h.status_values("inputs")
 
 
 def test_invalid_nanosec_is_refused_and_never_copied(h):
@@ -118,7 +109,7 @@ def test_overlapping_cloud_fields_are_refused(h):
         for f in m["points"].fields:
             f.datatype = 8  # FLOAT64 declared at offsets 0/4/8: fields overlap
     _publish_expect(h, mutate, "overlap")
-    assert h.wait_for(lambda: "dropped_cloud" in _status(h, "inputs"), 5.0)
+    assert h.wait_for(lambda: "dropped_cloud" in h.status_values("inputs"), 5.0)
 
 
 def test_every_message_is_accounted_for(h):
@@ -136,7 +127,7 @@ def test_every_message_is_accounted_for(h):
     h.step += 20
     n_diag = len(h.diag)
     assert h.wait_for(lambda: any(st.name.endswith("inputs") for d in h.diag[n_diag:] for st in d.status), 5.0)
-    s = _status(h, "inputs")
+    s = h.status_values("inputs")
     assert int(s["frames_accounted"]) == int(s["synchronised"]), s
     for k in ("image", "camera_info", "cloud"):
         if s["sync"] == "message_filters":  # its Subscriber hides rclpy's MessageInfo: no sequence numbers
@@ -214,7 +205,7 @@ def test_a_bag_played_again_is_a_restarted_stream(h):
     assert h.wait_for(lambda: len(h.depth) > n_depth, 20.0), h.diag_messages()[n_diag:]
     stale = [m for m in h.diag_messages()[n_diag:] if "stale stamp" in m]
     assert len(stale) == RESTART_AFTER - 1, stale
-    assert h.wait_for(lambda: _status(h, "inputs").get("stream_restarts") == "1", 5.0)
+    assert h.wait_for(lambda: h.status_values("inputs").get("stream_restarts") == "1", 5.0)
     h.step += 40
 
 

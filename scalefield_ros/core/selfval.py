@@ -24,8 +24,6 @@ ring and picks the wrong method where rings are few.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -208,4 +206,7 @@ def summarise(names: list[str], pred: np.ndarray, y: np.ndarray, folds: np.ndarr
     return weights, sv
 
 
-CandidateFactory = Callable[[str], Candidate]
+def calibration_factor(model: dict, rings: float) -> float:
+    """true / held-out-ring AbsRel as ``exp(a + b log rings)`` (a model fitted by
+    ``selfval_check --fit``, stored in ``tuned/holdout.yaml``); 1 without one."""
+    return float(np.exp(model.get("a", 0.0) + model.get("b", 0.0) * np.log(max(rings, 1.0))))
