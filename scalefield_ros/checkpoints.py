@@ -9,6 +9,10 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: Shipped generator per anchor regime: K=8 trained on low, K=30 on medium (section 4.1).
 GENERATORS = {"low": "generator_k8_low", "medium": "generator_k30_medium", "high": "generator_k30_medium",
               "lidar": "generator_k30_lidar"}
+#: The universal generator (F = 0 inputs, trained across simulated networks): any MDE.
+UNIVERSAL = "generator_universal"
+#: What a universal generator records as its MDE identity.
+UNIVERSAL_MDE_NAME = "universal"
 #: Shipped embedded MDE weights.
 EMBEDDED_MDE = MODELS_DIR / "embedded_mde.safetensors"
 
@@ -31,6 +35,35 @@ def default_checkpoint(regime: str = "low") -> Path:
     return path
 
 
+def universal_checkpoint() -> Path:
+    """Path (without suffix) of the shipped universal generator."""
+    path = MODELS_DIR / UNIVERSAL
+    if not Path(str(path) + ".safetensors").is_file():
+        raise FileNotFoundError(f"shipped universal generator {path}.safetensors is missing; reinstall the package")
+    return path
+
+
+def is_universal(config) -> bool:
+    """A generator that takes no network features and was trained across networks (valid for any MDE)."""
+    return config.feature_channels == 0 and config.mde_name == UNIVERSAL_MDE_NAME
+
+
+def shipped_generator_for(backend, regime: str = "lidar") -> tuple[Path, str]:
+    """The shipped generator for a network: ``(path, kind)``.
+
+    The network's own (``kind`` "own": trained for the embedded MDE) when the backend is
+    the one it was trained for, else the universal one (``kind`` "universal"): a user's
+    network gets a working generator from the first frame, before any training.
+    """
+    import json
+
+    own = default_checkpoint(regime)
+    meta = json.loads(Path(str(own) + ".json").read_text())
+    if meta.get("config", {}).get("mde_name") == str(getattr(backend, "name", "")):
+        return own, "own"
+    return universal_checkpoint(), "universal"
+
+
 class MDEMismatchError(ValueError):
     """A generator checkpoint was trained for another MDE than the one it is asked to run on."""
 
@@ -47,6 +80,8 @@ def check_generator_mde(config, backend, allow_mismatch: bool = False, log=None,
 
     say = log or (lambda line: warnings.warn(line, stacklevel=3))
     name = str(getattr(backend, "name", ""))
+    if is_universal(config):  # no features, trained across networks: valid for any MDE
+        return
     chans = int(getattr(backend, "feature_channels", -1))
     if config.feature_channels and chans != config.feature_channels:
         raise MDEMismatchError(

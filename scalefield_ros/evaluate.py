@@ -217,13 +217,23 @@ def parse_checkpoints(text: str | None) -> dict[str, str] | str | None:
     return out
 
 
-def checkpoint_for(checkpoints: dict[str, str] | str | None, regime: str) -> str:
-    """The generator a regime runs with: given per regime or group, else the shipped default."""
+def checkpoint_for(checkpoints: dict[str, str] | str | None, regime: str, backend=None) -> str:
+    """The generator a regime runs with: given per regime or group (``universal`` names the
+    shipped universal generator), else the shipped default for ``backend``'s network: its own
+    when it has one, the universal generator otherwise (as the node chooses)."""
+    from .checkpoints import shipped_generator_for, universal_checkpoint
+
     if isinstance(checkpoints, str):
-        return checkpoints
-    table = checkpoints or {}
-    group = "rings" if ring_regime(regime) else "drop" if regime.startswith("drop") else regime
-    return table.get(regime) or table.get(group) or str(default_checkpoint(regime))
+        path = checkpoints
+    else:
+        table = checkpoints or {}
+        group = "rings" if ring_regime(regime) else "drop" if regime.startswith("drop") else regime
+        path = table.get(regime) or table.get(group) or ""
+    if path == "universal":
+        return str(universal_checkpoint())
+    if path:
+        return path
+    return str(shipped_generator_for(backend, regime)[0] if backend is not None else default_checkpoint(regime))
 
 
 class Evaluator:
@@ -241,7 +251,7 @@ class Evaluator:
         self.ckpt_for = {}
         if "basis" in methods or "basis-res" in methods or "selfval" in methods:
             for r in regimes:
-                path = checkpoint_for(checkpoint, r)
+                path = checkpoint_for(checkpoint, r, backend)
                 self.ckpt_for[r] = path
                 if path not in self.generators:
                     self.generators[path] = load_generator(path, device)

@@ -78,6 +78,11 @@ PARAMS: tuple[Param, ...] = (
           "(also stack the method with self_validation_candidates, weights in diagnostics)", True),
     Param("self_validation_every", 10, "self-validation: cross-validate every N-th frame (blend weights carry over), "
           ">= 1", True),
+    Param("calibration_watchdog", True, "check the LiDAR-camera extrinsic across frames (LiDAR depth edges against "
+          "image edges under small perturbations): OK / WARN / ERROR with the estimated error and a suggested "
+          "correction in diagnostics; while ERROR no frame is reported OK", True),
+    Param("calibration_watchdog_every", 1, "calibration watchdog: check every N-th frame (evidence is pooled over "
+          "the last 12 checks)", True),
     Param("self_validation_candidates", "grid-smooth,lwlr", "self-validation blend: the methods stacked with `method` "
           "(comma-separated pipeline methods)", True),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),
@@ -107,13 +112,14 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "sync_queue_size": (1, 10_000), "occlusion_kernel": (0, 63), "edge_filter_ratio": (0.0, 100.0),
     "max_relative_uncertainty": (0.0, 1e6), "max_extrapolation": (0.0, 1e6), "prior_strength": (0.0, 1e6),
     "prior_decay": (1e-3, 1e6), "prior_max_age": (0.0, 1e6), "prior_sigma_growth": (0.0, 1e3),
-    "self_validation_every": (1, 1_000_000),
+    "self_validation_every": (1, 1_000_000), "calibration_watchdog_every": (1, 1_000_000),
 }
 #: Run-time parameters that are PipelineConfig fields of the same name.
 RUNTIME_CONFIG = ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread", "max_anchor_residual",
                   "max_scale_ratio", "edge_filter_ratio", "max_relative_uncertainty", "max_extrapolation",
                   "temporal_prior", "prior_strength", "prior_decay", "prior_max_age", "prior_sigma_growth",
-                  "self_validation", "self_validation_every", "self_validation_candidates")
+                  "self_validation", "self_validation_every", "self_validation_candidates", "calibration_watchdog",
+                  "calibration_watchdog_every")
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

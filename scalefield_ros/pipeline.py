@@ -72,6 +72,9 @@ class PipelineConfig:
     self_validation: str = "off"  # off, estimate (held-out error in diagnostics) or blend (+ stacked candidates)
     self_validation_every: int = 10  # cross-validate every N-th frame; blend weights carry over between
     self_validation_candidates: str = "grid-smooth,lwlr"  # besides `method` (blend)
+    # calibration watchdog (core/extrinsic_watch.py): is the extrinsic right? evidence across frames
+    calibration_watchdog: bool = True
+    calibration_watchdog_every: int = 1  # check every N-th frame
 
 
 @dataclass
@@ -92,6 +95,7 @@ class FrameOutput:
     holdout_abs_rel: float = float("nan")  # self-validation: AbsRel on held-out rings (NaN: not run this frame)
     estimated_abs_rel: float = float("nan")  # the held-out figure calibrated to the whole image (tuned/holdout.yaml)
     selfval_weights: dict = field(default_factory=dict)  # self-validation: blend weights in force
+    extrinsic: object = None  # calibration watchdog: core.extrinsic_watch.Health after this frame (None: off)
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -186,15 +190,23 @@ class MetricDepthPipeline:
         self._sv_names: list[str] = []
         self.holdout_model = _holdout_model(cfg.tuned if cfg.tuned in ("street", "indoor") else cfg.uncertainty)
         self._edges: torch.Tensor | None = None
+        self._watch_frame = 0
+        self._watchdog = None  # built on first use (calibration_watchdog can be switched on at run time)
+        self.generator_kind = ""  # basis: "own" (shipped for this network), "universal" or "checkpoint"
+        self.generator_path = ""
         self.aligner(cfg.method)  # load now: a bad checkpoint fails at start, not on the first frame
 
     def aligner(self, name: str):
         if name not in self._aligners:
             opts = {}
             if name == "basis":
-                from .checkpoints import default_checkpoint
+                from .checkpoints import shipped_generator_for
 
-                ckpt = self.cfg.checkpoint or default_checkpoint(self.cfg.generator_regime)
+                if self.cfg.checkpoint:
+                    ckpt, self.generator_kind = self.cfg.checkpoint, "checkpoint"
+                else:  # the network's own shipped generator, else the universal one (any network)
+                    ckpt, self.generator_kind = shipped_generator_for(self.backend, self.cfg.generator_regime)
+                self.generator_path = str(ckpt)
                 opts = {"checkpoint": ckpt, "device": self.device, "ridge": self.cfg.ridge, "robust": self.cfg.robust}
                 if self.cfg.generator_backend == "onnx":
                     from .export import load_onnx_generator
@@ -435,15 +447,47 @@ class MetricDepthPipeline:
         ``rings``: ring id of every point (the cloud's ``ring`` field, or
         :func:`core.rings.rings_from_scan_order`); needed by ``self_validation``."""
         t0 = time.perf_counter()
-        if self.cfg.self_validation != "off" and rings is None:
+        watch = self.cfg.calibration_watchdog and self._watch_frame % max(1, self.cfg.calibration_watchdog_every) == 0
+        shaped = getattr(points, "ndim", 0) == 2 and points.shape[0] > 0 and points.shape[1] >= 3
+        if (self.cfg.self_validation != "off" or watch) and rings is None and shaped:
             from .core.rings import rings_from_scan_order
 
-            rings = rings_from_scan_order(points)
+            rings = rings_from_scan_order(np.asarray(points, np.float32))
         uv, z, reason = self.project(points, K, T_cam_lidar, rgb.shape[:2],
                                      rings if self.cfg.self_validation != "off" else None)
         t = {"projection": time.perf_counter() - t0}
+        health = self.watch_extrinsic(rgb, points, rings, K, T_cam_lidar, t) if self.cfg.calibration_watchdog \
+            else None
         if reason and not (self.has_prior and stamp is not None):
             fb = NO_ANCHORS if reason.startswith("no LiDAR") else "skip"
-            return FrameOutput(None, None, 0, fb, reason, float("nan"), t)
-        mde, feats, t["mde"] = self.predict(rgb)
-        return self.align(mde, feats, uv, z, timings=t, stamp=stamp, rings=self.anchor_rings)
+            out = FrameOutput(None, None, 0, fb, reason, float("nan"), t)
+        else:
+            mde, feats, t["mde"] = self.predict(rgb)
+            out = self.align(mde, feats, uv, z, timings=t, stamp=stamp, rings=self.anchor_rings)
+        out.extrinsic = health
+        return out
+
+    @property
+    def watchdog(self):
+        """The calibration watchdog (:class:`core.extrinsic_watch.ExtrinsicWatchdog`)."""
+        if self._watchdog is None:
+            from .core.extrinsic_watch import ExtrinsicWatchdog
+
+            self._watchdog = ExtrinsicWatchdog(device=self.device)
+        return self._watchdog
+
+    def watch_extrinsic(self, rgb: np.ndarray, points: np.ndarray, rings: np.ndarray | None, K: np.ndarray,
+                        T_cam_lidar: np.ndarray, timings: dict | None = None):
+        """Every ``calibration_watchdog_every``-th call, add this frame's evidence to the
+        watchdog; returns its current :class:`Health`. Never raises on bad sensor data."""
+        check = self._watch_frame % max(1, self.cfg.calibration_watchdog_every) == 0
+        self._watch_frame += 1
+        if check and points is not None and len(points) and rings is not None:
+            t0 = time.perf_counter()
+            try:
+                self.watchdog.update(rgb, points, rings, K, T_cam_lidar)
+            except (ValueError, RuntimeError, IndexError):  # malformed input: no evidence, the frame says why
+                pass
+            if timings is not None:
+                timings["watchdog"] = time.perf_counter() - t0
+        return self.watchdog.health

@@ -58,11 +58,13 @@ class TrainConfig:
     width: int = 32
     work_pixels: int = 8192  # generator working grid (pixels), F resized to it; 0 = F's own grid
     use_features: bool = True  # False: the F(x) = 0 ablation
+    universal: bool = False  # no network features, depth distorted as other networks would give it (any MDE)
     regime: str = "low"
     ring_fraction: float = 0.0  # share of images whose anchors are a random LiDAR ring pattern
     ring_counts: list = field(default_factory=lambda: [4, 128])  # ring count range (log-uniform)
     ring_dropout: float = 0.3  # up to this share of returns lost per pattern
     lidar_holdout: float = 0.2  # data without ground truth: share of LiDAR rings held out as targets
+    lidar_only: bool = False  # supervise with held-out LiDAR rings even where dense ground truth exists
     ridge: float | str = 1e-3  # fixed lambda, or "gcv" (chosen per image, see core/solver.py)
     lambda_anchor: float = 0.1
     lambda_decor: float = 1e-4
@@ -167,8 +169,8 @@ def _dataset(cfg: TrainConfig, lidar: bool = False):
 
 
 def _needs_lidar(cfg: TrainConfig) -> bool:
-    """Ring patterns need the scan; so does LiDAR-only (bag) supervision."""
-    return cfg.ring_fraction > 0 or cfg.data.startswith("bag")
+    """Ring patterns need the scan; so does LiDAR-only (bag, or ``lidar_only``) supervision."""
+    return cfg.ring_fraction > 0 or cfg.data.startswith("bag") or cfg.lidar_only
 
 
 def _open(cfg: TrainConfig):
@@ -206,8 +208,11 @@ def _load_item(cfg: TrainConfig, key: str) -> _Item:
     it = _Item(key, t["depth"], t["features"], t["gt"], t["valid"])
     if "lidar_uvz" in t:
         it.lidar = (t["lidar_uvz"].numpy(), t["lidar_ring"].numpy())
-        if not bool(it.valid.any()):  # no ground truth (bags): LiDAR-only supervision
+        if cfg.lidar_only or not bool(it.valid.any()):  # no ground truth (bags): LiDAR-only supervision
             it.use_lidar_targets(zlib.crc32(key.encode()), cfg.lidar_holdout)
+    elif cfg.lidar_only:
+        raise ValueError(f"lidar_only: sample {key!r} has no LiDAR scan; give a dataset with one (bag:, folder: with "
+                         "lidar/, kitti-object:, synthetic:)")
     return it
 
 
@@ -236,6 +241,9 @@ def load_items(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[list[_I
     else:
         keys = [_ensure_cached(j) for j in tqdm(jobs, desc="caching MDE outputs", disable=rank != 0)]
     items = [_load_item(cfg, k) for k in keys]
+    if cfg.universal:  # the universal generator never reads features: do not hold them in memory
+        for it in items:
+            it.feats = torch.zeros(0, 1, 1)
     train_items = [it for it, v in zip(items, is_val) if not v]
     val_items = [it for it, v in zip(items, is_val) if v]
     return train_items, val_items
@@ -285,7 +293,12 @@ def ridge_settings(ridge: float | str, gen) -> RidgeSettings:
 def step_loss(gen, batch: list[_Item], cfg: TrainConfig, rng, device) -> tuple[dict, torch.Tensor]:
     """Forward one batch: maps -> ridge weights from anchors -> dense depth -> eq 28."""
     mde = torch.stack([it.mde for it in batch]).to(device)
-    feats = torch.stack([it.feats for it in batch]).to(device).float()
+    g = gen.module if hasattr(gen, "module") else gen
+    feats = torch.stack([it.feats for it in batch]).to(device).float() if g.config.feature_channels else None
+    if cfg.universal:  # each image as another network would see it (core/mde_variants.py)
+        from .core import mde_variants
+
+        mde = mde_variants.apply(mde, [mde_variants.draw(rng) for _ in batch])
     gt = torch.stack([it.gt for it in batch]).to(device)
     valid = torch.stack([it.valid for it in batch]).to(device)
     uv, z, am = _anchor_batch(batch, cfg, rng, device)
@@ -306,6 +319,21 @@ def step_loss(gen, batch: list[_Item], cfg: TrainConfig, rng, device) -> tuple[d
     lw = LossWeights(cfg.lambda_anchor, cfg.lambda_decor, cfg.lambda_gate)
     terms = total_loss(maps, pred, gt, valid, design, wts, y, am, lw)
     return terms, pred.detach()
+
+
+def without_features(gen: BasisMapGenerator) -> BasisMapGenerator:
+    """The same generator with no feature inputs (C = 0): the first convolution keeps only its
+    weights on [log D, grad log D, x]. Starts the universal generator from an F = 0 ablation
+    (whose feature weights only ever saw zeros) or from any checkpoint."""
+    if gen.config.feature_channels == 0:
+        return gen
+    c = gen.config.feature_channels
+    cfg = GeneratorConfig(**{**asdict(gen.config), "feature_channels": 0, "use_features": True})
+    new = BasisMapGenerator(cfg)
+    state = dict(gen.state_dict())
+    state["enc0.0.weight"] = state["enc0.0.weight"][:, c:].clone()
+    new.load_state_dict(state)
+    return new
 
 
 def _save_state(path: Path, opt: torch.optim.Optimizer, meta: dict) -> None:
@@ -381,20 +409,30 @@ def run(cfg: TrainConfig, out: Path, resume: bool = False, init: str | None = No
     if not train_items or not val_items:
         raise ValueError(f"need training and validation images; got {len(train_items)} and {len(val_items)} "
                          f"from seeds {cfg.seeds} (val_fraction {cfg.val_fraction})")
-    feat_c = train_items[0].feats.shape[0]
+    feat_c = 0 if cfg.universal else train_items[0].feats.shape[0]
     backend = _open(cfg)[1].backend
     if init:
-        from .checkpoints import check_generator_mde
+        from .checkpoints import check_generator_mde, universal_checkpoint
 
-        gen = load_generator(init, "cpu")
-        check_generator_mde(gen.config, backend, allow_mde_mismatch, what=f"--init generator {init}")
+        gen = load_generator(universal_checkpoint() if init == "universal" else init, "cpu")
+        if cfg.universal:
+            gen = without_features(gen)
+        else:
+            check_generator_mde(gen.config, backend, allow_mde_mismatch, what=f"--init generator {init}")
         gen.config.use_features = cfg.use_features
     else:
         gen = BasisMapGenerator(GeneratorConfig(num_basis=cfg.num_basis, feature_channels=feat_c, width=cfg.width,
                                                 mde=cfg.mde, use_features=cfg.use_features,
                                                 work_pixels=cfg.work_pixels))
-    gen.config.mde_name = backend.name
-    gen.config.mde_feature_size = list(train_items[0].feats.shape[-2:])
+    if cfg.universal:
+        from .checkpoints import UNIVERSAL_MDE_NAME
+
+        gen.config.mde_name = UNIVERSAL_MDE_NAME
+        gen.config.mde = f"universal (variants of {cfg.mde})"
+        gen.config.mde_feature_size = None
+    else:
+        gen.config.mde_name = backend.name
+        gen.config.mde_feature_size = list(train_items[0].feats.shape[-2:]) if gen.config.feature_channels else None
     gen = gen.to(device)
     model = gen
     if world > 1:

@@ -351,6 +351,37 @@ def test_yawed_lidar_trips_the_sanity_gate_over_dds():
         h.close()
 
 
+def test_calibration_watchdog_flags_a_three_degree_extrinsic_error_over_dds():
+    """A LiDAR yawed 3 deg: the frames still pass the sanity gate, but within a few frames the
+    watchdog says ERROR with the estimated error and a correction, and no frame is reported OK."""
+    import math
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from scalefield_ros.core.transforms import matrix_quaternion
+
+    world = SyntheticWorld("street", 8004)
+    a = math.radians(3.0)
+    yaw = np.eye(4)
+    yaw[:2, :2] = [[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]
+    t, q = matrix_quaternion(world.T_cam_lidar(0) @ yaw)
+    h = Harness(world_overrides(world, extrinsic_translation=t, extrinsic_rotation=q, calibration_watchdog_every=1),
+                reliability=rclpy.qos.ReliabilityPolicy.RELIABLE)
+    try:
+        for i in range(7):
+            n = len(h.depth)
+            h.publish(world.frame(i))
+            assert h.wait_for(lambda: len(h.depth) > n, 30.0), h.diag_messages()  # still published
+        assert h.wait_for(lambda: h.status_values("alignment").get("extrinsic_health") == "ERROR", 10.0), \
+            h.status_values("alignment")
+        v = h.status_values("alignment")
+        assert 2.0 <= float(v["extrinsic_error_deg"]) <= 4.5 and "ry=-" in v["extrinsic_correction"], v
+        last = [st for d in h.diag for st in d.status if st.name.endswith("alignment")][-1]
+        assert last.level == DiagnosticStatus.ERROR and last.message.startswith("extrinsic looks wrong"), last.message
+    finally:
+        h.close()
+
+
 def test_node_exits_cleanly_on_sigint(tmp_path):
     import os
     import signal

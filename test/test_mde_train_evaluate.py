@@ -198,11 +198,14 @@ def test_generator_for_another_mde_is_refused_unless_overridden(tmp_path, monkey
     Other.feature_channels = 16
     with pytest.raises(MDEMismatchError, match="16"):
         check_generator_mde(gen.config, Other(), allow_mismatch=True)  # cannot run at all
-    # the node's pipeline and evaluate refuse at start
+    # the node's pipeline refuses another network's checkpoint at start ...
     Other.feature_channels = 32
+    ckpt = str(default_checkpoint("lidar"))
     with pytest.raises(MDEMismatchError):
-        MetricDepthPipeline(PipelineConfig(device="cpu"), backend=Other())
-    MetricDepthPipeline(PipelineConfig(device="cpu", allow_mde_mismatch=True), backend=Other())
+        MetricDepthPipeline(PipelineConfig(device="cpu", checkpoint=ckpt), backend=Other())
+    MetricDepthPipeline(PipelineConfig(device="cpu", checkpoint=ckpt, allow_mde_mismatch=True), backend=Other())
+    # ... and without one runs the universal generator (test_universal.py)
+    assert MetricDepthPipeline(PipelineConfig(device="cpu"), backend=Other()).generator_kind == "universal"
 
 
 def test_evaluate_takes_a_checkpoint_per_regime_and_records_what_ran(tmp_path):

@@ -185,6 +185,8 @@ class BasisMapGenerator(nn.Module):
         b = mde_depth.shape[0]
         if features is not None and features.dim() == 3:
             features = features.unsqueeze(0)
+        if not cfg.feature_channels:  # a generator without feature inputs (universal, F = 0) ignores any F
+            features = None
         if features is not None and features.shape[1] != cfg.feature_channels:
             raise ValueError(
                 f"generator expects F with {cfg.feature_channels} channels, got "

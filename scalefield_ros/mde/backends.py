@@ -19,6 +19,8 @@ A backend is any object with
 * ``onnx:PATH`` - an exported model run by ONNX Runtime, described by ``PATH`` with
   ``.yaml`` beside it (input, depth_output, feature_output, output_kind, input_size,
   mean, std);
+* ``perturbed:SIGMA[:SEED[:SIDE]]`` - the embedded network with seeded weight noise (and
+  optionally another working resolution): a network no generator was trained for;
 * ``my_pkg.module:MyBackend`` - any class implementing the interface, called with
   ``device=`` and the keyword options given.
 
@@ -42,7 +44,7 @@ import torch
 
 
 #: Every ``--mde`` spec, for help texts and errors.
-BACKEND_SPECS = ("embedded, embedded:PATH, depth-anything-v2:PATH, dpt:PATH, da3:PATH, onnx:PATH "
+BACKEND_SPECS = ("embedded, embedded:PATH, perturbed:SIGMA[:SEED[:SIDE]], depth-anything-v2:PATH, dpt:PATH, da3:PATH, onnx:PATH "
                  "or package.module:Class (your own, see the README's 'Your own MDE')")
 
 
@@ -83,6 +85,31 @@ class EmbeddedBackend:
 
     def predict(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.predict(images)
+
+
+class PerturbedEmbeddedBackend(EmbeddedBackend):
+    """The embedded network with its weights perturbed: another network, of another quality
+    and bias, for testing generators on networks they never saw (``perturbed:SIGMA[:SEED[:SIDE]]``).
+
+    Every weight tensor gets Gaussian noise of ``sigma`` times its own standard deviation
+    (seeded); ``long_side`` > 0 also changes the working resolution (a coarser or finer net).
+    """
+
+    def __init__(self, sigma: float, seed: int = 0, long_side: int = 0,
+                 device: str | torch.device | None = "auto") -> None:
+        super().__init__(None, device)
+        if not (0.0 <= sigma <= 1.0):
+            raise ValueError(f"perturbed: SIGMA must be in [0, 1] (noise / weight std), got {sigma}")
+        g = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                if p.dim() > 1 and float(p.std()) > 0:
+                    p.add_((torch.randn(p.shape, generator=g) * float(p.std()) * sigma).to(p.device))
+        if long_side:
+            if long_side < 32:
+                raise ValueError(f"perturbed: SIDE must be >= 32 pixels, got {long_side}")
+            self.model.config.work_long_side = int(long_side)
+        self.name = f"{self.name}-perturbed-{sigma:g}-{int(seed)}" + (f"-side{int(long_side)}" if long_side else "")
 
 
 def disparity_to_depth(disp: torch.Tensor) -> torch.Tensor:
@@ -365,6 +392,14 @@ def _build_backend(spec: str, device: torch.device, **options) -> MDEBackend:
         path = spec.split(":", 1)[1] if ":" in spec else None
         return EmbeddedBackend(path, device)
     kind, _, arg = spec.partition(":")
+    if kind == "perturbed" and arg:
+        parts = arg.split(":")
+        try:
+            vals = [float(parts[0])] + [int(x) for x in parts[1:3]]
+        except ValueError:
+            raise ValueError(f"perturbed MDE spec {spec!r}: give perturbed:SIGMA[:SEED[:LONG_SIDE]], "
+                             "e.g. perturbed:0.1:3") from None
+        return PerturbedEmbeddedBackend(*vals, device=device)
     if kind in ("depth-anything-v2", "dpt") and arg:
         return TransformersBackend(arg, device, **options)
     if kind == "da3" and arg:

@@ -218,9 +218,15 @@ class AlignCore:
             self._stop, self._latest = False, None
         self._worker = threading.Thread(target=self._work, name="scalefield_worker", daemon=True)
         self._worker.start()
+        if self.pipeline.generator_kind == "universal":
+            self.get_logger().info(
+                f"mde_backend {self.pipeline.backend.name!r} has no generator of its own: using the universal "
+                f"generator ({self.pipeline.generator_path}); train one for this network to do better "
+                "(docs/training.md)")
         self.get_logger().info(
             f"scalefield_align ready: method={v['method']} device={self.pipeline.device} "
-            f"mde={self.pipeline.backend.name} sync={self.sync_kind} qos={v['qos_reliability']}")
+            f"mde={self.pipeline.backend.name} generator={self.pipeline.generator_kind or 'none'} "
+            f"sync={self.sync_kind} qos={v['qos_reliability']}")
 
     def stop(self) -> None:
         """Stop the worker (it finishes or drops its frame while the publishers still exist)."""
@@ -362,8 +368,16 @@ class AlignCore:
                                       "image (subscribe to image_rect); anchors will be off otherwise")
         T = self._extrinsic(img.header.frame_id or cam.frame_id, cloud.header.frame_id, cloud.header.stamp)
         t_decoded = time.perf_counter()
-        # ring ids for self-validation: the driver's `ring` field, else the scan order (in the pipeline)
-        rings = cv.cloud_field(cloud, "ring") if pipeline.cfg.self_validation != "off" else None
+        # ring ids for self-validation and the watchdog: the driver's `ring` field, else the scan
+        # order (in the pipeline); a ring field that does not read is no reason to drop the frame
+        rings = None
+        if pipeline.cfg.self_validation != "off" or pipeline.cfg.calibration_watchdog:
+            try:
+                rings = cv.cloud_field(cloud, "ring")
+            except (ValueError, TypeError, KeyError):
+                rings = None
+            if rings is not None and len(rings) != len(pts):
+                rings = None
         out = pipeline.process(rgb, cam.K, pts, T, stamp=cv.stamp_ns(img.header) * 1e-9, rings=rings)
         if out.depth is None:
             return self._skip(img.header, out.reason, error=bool(out.gate))
@@ -403,6 +417,8 @@ class AlignCore:
         values = {"frames_in": self.frames_in, "frames_published": self.frames_done,
                   "frames_dropped": self.frames_dropped, "frames_skipped": self.frames_skipped,
                   "method": self.pipeline.cfg.method if self.pipeline else "none"}
+        if self.pipeline is not None and self.pipeline.generator_kind:
+            values["generator"] = self.pipeline.generator_kind  # own, universal (any network) or checkpoint
         level, message = DiagnosticStatus.OK, "aligned"
         if out is not None:
             values.update({f"latency_{k}_ms": f"{1000 * s:.2f}" for k, s in out.timings.items()})
@@ -431,6 +447,22 @@ class AlignCore:
             level, message = (DiagnosticStatus.ERROR if error else DiagnosticStatus.WARN), \
                 (reason if error else f"skipped: {reason}")
             values["fallback"] = "skip"
+        health = self.pipeline._watchdog.health if self.pipeline is not None and \
+            self.pipeline.cfg.calibration_watchdog and self.pipeline._watchdog is not None else None
+        if health is not None:
+            values.update(extrinsic_health=health.status or "collecting", extrinsic_checks=health.frames,
+                          extrinsic_alignment=f"{health.alignment:.3f}")
+            if health.status:
+                values.update(extrinsic_error_deg=f"{health.rotation_deg:.2f}",
+                              extrinsic_error_m=f"{health.translation_m:.3f}",
+                              extrinsic_correction=" ".join(f"{k}={v:g}" for k, v in health.correction.items())
+                              or "none")
+            if health.status == "ERROR":  # a persistent calibration error: no frame is reported OK
+                if level != DiagnosticStatus.ERROR:
+                    message = f"extrinsic looks wrong: {health.summary()}; " + message
+                level = DiagnosticStatus.ERROR
+            elif health.status == "WARN" and level == DiagnosticStatus.OK:
+                level, message = DiagnosticStatus.WARN, f"extrinsic may be off: {health.summary()}"
         st = DiagnosticStatus(level=level, name=f"{self.get_name()}: alignment", message=message,
                               hardware_id=header.frame_id if header is not None else "",
                               values=[KeyValue(key=k, value=str(val)) for k, val in values.items()])
