@@ -25,7 +25,7 @@ log-log slope fits how its cost grows with N and with H*W.
                                                        stages_ms, overhead_ms, overhead_parts_ms, ...}}},
      "fastdds_profile": str,
      "ratios": {"projection_100k_over_mde", "uncertainty_over_generator_solve_apply",
-                "generator_onnx_over_torch", "node_overhead_over_stages"}}
+                "generator_onnx_over_torch", "watchdog_over_generator_solve_apply", "node_overhead_over_stages"}}
 
 plus ``DIR/bench.md`` (tables) and ``DIR/bench.png`` (latency vs N and vs pixels). The node
 part (``offered_load``: the node in its own process over DDS, every output subscribed) is
@@ -171,6 +171,14 @@ def run(args: argparse.Namespace) -> dict:
         K = torch.from_numpy(f.K).to(device)
         st["projection"] = timeit(lambda: project_points(pts, T, K, (h, w)), device, warm, reps)[0]
         st["mde"] = timeit(lambda: backend.predict(f.rgb), device, warm, reps)[0]
+        # calibration watchdog (every frame by default): the ring ids from the scan order when
+        # the cloud has no ring field, then one check
+        from .core.extrinsic_watch import ExtrinsicWatchdog
+        from .core.rings import rings_from_scan_order
+
+        st["watchdog_rings"] = timeit(lambda: rings_from_scan_order(f.points), device, warm, reps)[0]
+        wd, rings = ExtrinsicWatchdog(device=device), rings_from_scan_order(f.points)
+        st["watchdog"] = timeit(lambda: wd.update(f.rgb, f.points, rings, f.K, f.T_cam_lidar), device, warm, reps)[0]
         for k in KS:
             al = aligners[f"basis-k{k}"]
             gen = al.generator
@@ -288,7 +296,9 @@ def projection_cost(frame, device: torch.device, warm: int, reps: int) -> dict:
 def stage_ratios(stages: dict, proj: dict) -> dict:
     """The camera-rate targets as ratios measured in this run (README: Performance)."""
     st = stages[f"n500_{RESOLUTIONS[0][0]}x{RESOLUTIONS[0][1]}"]
+    align = st["generator_k30"] + st["solve_k30"] + st["apply_k30"]
     out = {"projection_100k_over_mde": proj["100000"] / st["mde"],
+           "watchdog_over_generator_solve_apply": (st["watchdog"] + st["watchdog_rings"]) / align,
            "uncertainty_over_generator_solve_apply": st["uncertainty_k30"] / (
                st["generator_k30"] + st["solve_k30"] + st["apply_k30"])}
     if "generator_k30_onnx" in st:

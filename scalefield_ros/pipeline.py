@@ -452,7 +452,8 @@ class MetricDepthPipeline:
         if (self.cfg.self_validation != "off" or watch) and rings is None and shaped:
             from .core.rings import rings_from_scan_order
 
-            rings = rings_from_scan_order(np.asarray(points, np.float32))
+            with np.errstate(invalid="ignore"):  # NaN returns get a ring id too; the projection drops them
+                rings = rings_from_scan_order(np.asarray(points, np.float32))
         uv, z, reason = self.project(points, K, T_cam_lidar, rgb.shape[:2],
                                      rings if self.cfg.self_validation != "off" else None)
         t = {"projection": time.perf_counter() - t0}
