@@ -15,6 +15,8 @@ UNIVERSAL = "generator_universal"
 UNIVERSAL_MDE_NAME = "universal"
 #: Shipped embedded MDE weights.
 EMBEDDED_MDE = MODELS_DIR / "embedded_mde.safetensors"
+#: Its sky head (mde/sky.py): which pixels are sky, so that the pipeline never publishes them as depth.
+EMBEDDED_SKY = MODELS_DIR / "embedded_sky.safetensors"
 
 
 def default_checkpoint(regime: str = "low") -> Path:

@@ -65,6 +65,8 @@ PARAMS: tuple[Param, ...] = (
           "valid estimate, REP 118); needs the uncertainty calibration; 0 = off", True),
     Param("max_extrapolation", 1.1, "depths beyond this factor of the farthest anchor in view are published as "
           "NaN (no valid estimate, REP 118); 0 = off", True),
+    Param("remove_sky", True, "pixels the network's sky head calls sky are NaN (no valid estimate): the embedded "
+          "MDE puts the sky inside the LiDAR's range; other backends may provide sky_mask(depth, features)", True),
     Param("temporal_prior", False, "basis: ridge toward the previous frame's weights instead of 0; a frame with "
           "too few anchors reuses them (diagnostics: fallback prior)", True),
     Param("prior_strength", 0.1, "temporal prior strength rho (added to lambda toward the previous weights), >= 0",
@@ -118,7 +120,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
 RUNTIME_CONFIG = ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread", "max_anchor_residual",
                   "max_scale_ratio", "edge_filter_ratio", "max_relative_uncertainty", "max_extrapolation",
                   "temporal_prior", "prior_strength", "prior_decay", "prior_max_age", "prior_sigma_growth",
-                  "self_validation", "self_validation_every", "self_validation_candidates", "calibration_watchdog",
+                  "self_validation", "self_validation_every", "self_validation_candidates", "calibration_watchdog", "remove_sky",
                   "calibration_watchdog_every")
 
 

@@ -62,6 +62,7 @@ class PipelineConfig:
     # NaN policy (REP 118 "no valid estimate"); defaults chosen on validation scenes (README: NaN policy)
     max_relative_uncertainty: float = 0.4  # > 0: pixels with sigma / depth above become NaN
     max_extrapolation: float = 1.1  # > 0: depths beyond this x the farthest anchor become NaN
+    remove_sky: bool = True  # pixels the network's sky head calls sky become NaN (embedded MDE: mde/sky.py)
     # temporal prior (basis): ridge toward the previous frame's weights
     temporal_prior: bool = False
     prior_strength: float = 0.1  # rho added to lambda toward w_{t-1} (chosen on validation sequences, README)
@@ -336,7 +337,7 @@ class MetricDepthPipeline:
         t0 = time.perf_counter()
         unc_method = "global-scale" if fallback else method
         sigma_t = self._sigma(unc_method, res, mde, uv, z)
-        depth, sigma, share = self._finish(depth_t, sigma_t, z)
+        depth, sigma, share = self._finish(depth_t, sigma_t, z, self._sky(mde, feats))
         t["uncertainty"] = time.perf_counter() - t0
         if use_prior and "solution" in res.extras and not fallback:
             self._prior = {"weights": res.extras["weights"].detach(), "stamp": stamp, "solution": res.extras["solution"],
@@ -404,12 +405,22 @@ class MetricDepthPipeline:
         depth = res.depth.unsqueeze(0) if res.depth.dim() == 2 else res.depth
         return (depth * ls)[0]
 
+    def _sky(self, mde: torch.Tensor, feats: torch.Tensor) -> torch.Tensor | None:
+        """Pixels the network's sky head calls sky ``(H, W)`` bool, or None (no head, or off)."""
+        if not self.cfg.remove_sky:
+            return None
+        fn = getattr(self.backend, "sky_mask", None)
+        return fn(mde, feats) if callable(fn) else None
+
     def _finish(self, depth_t: torch.Tensor, sigma_t: torch.Tensor | None,
-                z: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """The NaN policy (no valid estimate) and max_depth (+inf, too far): REP 118."""
+                z: torch.Tensor, sky: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """The NaN policy (no valid estimate; with ``sky``, the sky too) and max_depth (+inf,
+        too far): REP 118."""
         cfg = self.cfg
         bad = nan_policy(depth_t, sigma_t, z.to(depth_t.device), None, cfg.max_relative_uncertainty,
                          cfg.max_extrapolation)[0]
+        if sky is not None:
+            bad = bad | sky.to(bad.device).view_as(bad)
         depth = torch.where(bad, torch.full_like(depth_t, float("nan")), depth_t).float().cpu().numpy()
         sigma = None
         if sigma_t is not None:
@@ -436,7 +447,7 @@ class MetricDepthPipeline:
         res = SimpleNamespace(depth=depth_t, extras={"solution": prior["solution"],
                                                      "basis": maps.E.to(depth_t.device).float()})
         sigma_t = self._sigma("basis", res, mde, prior["uv"], prior["z"], growth=self.cfg.prior_sigma_growth * age)
-        depth, sigma, share = self._finish(depth_t, sigma_t, prior["z"])
+        depth, sigma, share = self._finish(depth_t, sigma_t, prior["z"], self._sky(mde, feats))
         scale = (depth_t / mde).float().cpu().numpy()
         return FrameOutput(depth, scale, n, "prior", "", float("nan"), t, sigma=sigma, invalid_share=share)
 

@@ -82,9 +82,24 @@ class EmbeddedBackend:
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         self.name = f"embedded-{digest}"
         self.feature_channels = self.model.feature_channels
+        # the sky head ships with the shipped weights only (it reads their features)
+        self.sky_head = None
+        if self.path == EMBEDDED_MDE:
+            from ..checkpoints import EMBEDDED_SKY
+            from .sky import load_sky
+
+            self.sky_head = load_sky(EMBEDDED_SKY, self.device, self.feature_channels)
 
     def predict(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.predict(images)
+
+    def sky_mask(self, depth: torch.Tensor, feats: torch.Tensor) -> torch.Tensor | None:
+        """``(H, W)`` bool: the pixels the sky head calls sky (``mde/sky.py``); None without a head."""
+        if self.sky_head is None:
+            return None
+        d = depth if depth.dim() == 3 else depth.unsqueeze(0)
+        f = feats if feats.dim() == 4 else feats.unsqueeze(0)
+        return (self.sky_head(d.to(self.device), f.to(self.device)) > self.sky_head.threshold)[0]
 
 
 class PerturbedEmbeddedBackend(EmbeddedBackend):
@@ -98,6 +113,7 @@ class PerturbedEmbeddedBackend(EmbeddedBackend):
     def __init__(self, sigma: float, seed: int = 0, long_side: int = 0,
                  device: str | torch.device | None = "auto") -> None:
         super().__init__(None, device)
+        self.sky_head = None  # trained on the unperturbed network's features
         if not (0.0 <= sigma <= 1.0):
             raise ValueError(f"perturbed: SIGMA must be in [0, 1] (noise / weight std), got {sigma}")
         g = torch.Generator().manual_seed(int(seed))
