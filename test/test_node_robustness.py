@@ -146,6 +146,16 @@ def test_integer_on_a_double_parameter_keeps_its_type(h):
     h.node.set_parameters([Parameter("max_relative_uncertainty", value=0.4)])
 
 
+def test_an_undeclared_parameter_is_refused_by_name(h):
+    """rclpy's own refusal lists `[]`; the node names the parameter and where the valid ones are."""
+    from rclpy.exceptions import ParameterNotDeclaredException
+
+    for setter in (h.node.set_parameters_atomically, h.node.set_parameters):  # `ros2 param set` calls the first
+        with pytest.raises(ParameterNotDeclaredException, match=r"\['max_dept'\] \(not parameters of .*param list"):
+            setter([Parameter("max_dept", value=80.0)])
+    assert h.node.set_parameters([Parameter("max_relative_uncertainty", value=0.4)])[0].successful
+
+
 def test_compressed_edge_cases_have_clear_reasons():
     import cv2
 

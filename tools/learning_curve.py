@@ -70,7 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             n_train = max(1, n - max(1, round(n * full.val_fraction)))
             epochs = max(2, math.ceil(a.steps / math.ceil(n_train / full.batch)))
-            cfg = train.TrainConfig.load(a.config, {"every": every, "limit": n, "epochs": epochs, "lidar_only": True})
+            if full.data.startswith("synthetic"):  # synthetic data is addressed by seeds: N frames, first seeds
+                from scalefield_ros.data.synthetic import parse_seeds
+
+                per_seed = max(1, total // len(parse_seeds(full.seeds)))
+                first = parse_seeds(full.seeds)[0]
+                sub = {"seeds": f"{first}-{first + max(2, math.ceil(n / per_seed)) - 1}"}
+            else:
+                sub = {"every": every, "limit": n}
+            cfg = train.TrainConfig.load(a.config, {**sub, "epochs": epochs, "lidar_only": True})
             run_dir = a.out / key.replace("/", "_")
             best = train.run(cfg, run_dir, init="universal" if init == "universal" else None)
             res = _eval(a.eval_data, cfg.mde, str(best), a.regimes, "basis-res", run_dir / "eval", extra)

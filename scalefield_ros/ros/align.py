@@ -130,6 +130,25 @@ class AlignCore:
                 if isinstance(PARAM_DEFAULTS.get(p.name), float) and p.type_ == Parameter.Type.INTEGER else p
                 for p in params]
 
+    def _refuse_undeclared(self, parameter_list) -> None:
+        """Name a refused undeclared parameter (rclpy lists `[]`: it exhausts a generator
+        before listing it) and say where the valid names are."""
+        from rclpy.exceptions import ParameterNotDeclaredException
+
+        unknown = [p.name for p in parameter_list if not self.has_parameter(p.name)]
+        if unknown:
+            raise ParameterNotDeclaredException(
+                f"{unknown} (not parameters of {self.get_name()}; `ros2 param list {self.get_name()}` or "
+                "docs/parameters.md lists them)")
+
+    def set_parameters_atomically(self, parameter_list):  # what `ros2 param set` calls
+        self._refuse_undeclared(parameter_list)
+        return super().set_parameters_atomically(parameter_list)
+
+    def set_parameters(self, parameter_list):
+        self._refuse_undeclared(parameter_list)
+        return super().set_parameters(parameter_list)
+
     def _on_params(self, params) -> SetParametersResult:
         changes = {p.name: coerce_param(p.name, p.value) for p in params}
         err = check_changes(changes)
