@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
 def _write_md(doc: dict, path: Path) -> None:
     regs = doc["config"]["regimes"].split(",")
     best = {r: min(v[r] for v in doc["baselines"].values()) for r in regs}
-    lines = [f"Learning curve: AbsRel on `{doc['config']['eval_data']}` (held-out rings; {doc['config']['steps']} "
-             "optimiser steps per run, LiDAR-only supervision)", "",
+    lines = [f"Learning curve: AbsRel on `{doc['config']['eval_data']}` (anchors never scored; "
+             f"{doc['config']['steps']} optimiser steps per run, LiDAR-only supervision)", "",
              "| frames | init | " + " | ".join(regs) + " |", "|---" * (len(regs) + 2) + "|"]
     for key, v in doc["runs"].items():
         n, init = key.split("/")
