@@ -155,17 +155,19 @@ def test_pipeline_nan_policy_removes_far_sky_and_keeps_the_evaluation_mask(stree
     far_sky = torch.where(sky, mde * 5.0, mde)
     gt = torch.from_numpy(np.nan_to_num(f.depth))
     mask = evaluation_mask(gt, 80.0, sky=sky).numpy()
-    pipe.cfg.max_extrapolation, pipe.cfg.max_relative_uncertainty = 1.5, 0.0
+    # the extrapolation limit alone (the sky head, remove_sky, is tested in test_sky.py)
+    pipe.cfg.max_extrapolation, pipe.cfg.max_relative_uncertainty, pipe.cfg.remove_sky = 1.5, 0.0, False
     try:
         out = pipe.align(far_sky, feats, uv, z)
-    finally:
         pipe.cfg.max_extrapolation = 0.0
+        plain = pipe.align(far_sky, feats, uv, z)
+    finally:
+        pipe.cfg.max_extrapolation, pipe.cfg.remove_sky = 0.0, True
     assert np.isnan(out.depth[sky.numpy()]).mean() > 0.8
     assert np.isfinite(out.depth[mask]).mean() > 0.97
     assert np.array_equal(np.isnan(out.sigma), np.isnan(out.depth))  # no sigma without a depth
     assert 0 < out.invalid_share < 0.2
-    plain = pipe.align(far_sky, feats, uv, z)
-    assert not np.isnan(plain.depth[sky.numpy()]).any()  # off by default: every pixel gets a number
+    assert not np.isnan(plain.depth[sky.numpy()]).any()  # both off: every pixel gets a number
 
 
 def test_pipeline_max_relative_uncertainty_removes_exactly_the_uncertain_pixels(street_frame):
