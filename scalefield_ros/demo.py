@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> float:
                                       mde_backend=a.mde, generator_checkpoint=a.checkpoint))
     rels = []
     last = None
+    # the node's 1 Hz input status proves /diagnostics is matched: frame 0's own report then
+    # cannot be lost to discovery still under way
+    rig.wait_for(lambda: len(rig.diag) > 0, 5.0)
     try:
         for i in range(a.frames):
             frame = world.frame(i)
