@@ -458,7 +458,7 @@ class MetricDepthPipeline:
         ``rings``: ring id of every point (the cloud's ``ring`` field, or
         :func:`core.rings.rings_from_scan_order`); needed by ``self_validation``."""
         t0 = time.perf_counter()
-        watch = self.cfg.calibration_watchdog and self._watch_frame % max(1, self.cfg.calibration_watchdog_every) == 0
+        watch = self.cfg.calibration_watchdog and self._watch_due()
         shaped = getattr(points, "ndim", 0) == 2 and points.shape[0] > 0 and points.shape[1] >= 3
         if (self.cfg.self_validation != "off" or watch) and rings is None and shaped:
             from .core.rings import rings_from_scan_order
@@ -479,6 +479,17 @@ class MetricDepthPipeline:
         out.extrinsic = health
         return out
 
+    def _watch_due(self) -> bool:
+        """This frame is a calibration watchdog check (every ``calibration_watchdog_every``-th)."""
+        return self._watch_frame % max(1, self.cfg.calibration_watchdog_every) == 0
+
+    @property
+    def extrinsic_health(self):
+        """The watchdog's current :class:`Health`, or None when it is off or has seen no frame."""
+        if not self.cfg.calibration_watchdog or self._watchdog is None:
+            return None
+        return self._watchdog.health
+
     @property
     def watchdog(self):
         """The calibration watchdog (:class:`core.extrinsic_watch.ExtrinsicWatchdog`)."""
@@ -492,7 +503,7 @@ class MetricDepthPipeline:
                         T_cam_lidar: np.ndarray, timings: dict | None = None):
         """Every ``calibration_watchdog_every``-th call, add this frame's evidence to the
         watchdog; returns its current :class:`Health`. Never raises on bad sensor data."""
-        check = self._watch_frame % max(1, self.cfg.calibration_watchdog_every) == 0
+        check = self._watch_due()
         self._watch_frame += 1
         if check and points is not None and len(points) and rings is not None:
             t0 = time.perf_counter()

@@ -466,8 +466,7 @@ class AlignCore:
             level, message = (DiagnosticStatus.ERROR if error else DiagnosticStatus.WARN), \
                 (reason if error else f"skipped: {reason}")
             values["fallback"] = "skip"
-        health = self.pipeline._watchdog.health if self.pipeline is not None and \
-            self.pipeline.cfg.calibration_watchdog and self.pipeline._watchdog is not None else None
+        health = self.pipeline.extrinsic_health if self.pipeline is not None else None
         if health is not None:
             values.update(extrinsic_health=health.status or "collecting", extrinsic_checks=health.frames,
                           extrinsic_alignment=f"{health.alignment:.3f}")
