@@ -83,8 +83,9 @@ PARAMS: tuple[Param, ...] = (
     Param("calibration_watchdog", True, "check the LiDAR-camera extrinsic across frames (LiDAR depth edges against "
           "image edges under small perturbations): OK / WARN / ERROR with the estimated error and a suggested "
           "correction in diagnostics; while ERROR no frame is reported OK", True),
-    Param("calibration_watchdog_every", 1, "calibration watchdog: check every N-th frame (evidence is pooled over "
-          "the last 12 checks)", True),
+    Param("calibration_watchdog_every", 4, "calibration watchdog: while the extrinsic looks right, check every N-th "
+          "frame; every frame while collecting evidence (after a start or a new extrinsic), WARN or ERROR (evidence "
+          "is pooled over the last 12 checks)", True),
     Param("self_validation_candidates", "grid-smooth,lwlr", "self-validation blend: the methods stacked with `method` "
           "(comma-separated pipeline methods)", True),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),

@@ -75,7 +75,7 @@ class PipelineConfig:
     self_validation_candidates: str = "grid-smooth,lwlr"  # besides `method` (blend)
     # calibration watchdog (core/extrinsic_watch.py): is the extrinsic right? evidence across frames
     calibration_watchdog: bool = True
-    calibration_watchdog_every: int = 1  # check every N-th frame
+    calibration_watchdog_every: int = 4  # while the extrinsic looks right, check every N-th frame
 
 
 @dataclass
@@ -458,7 +458,7 @@ class MetricDepthPipeline:
         ``rings``: ring id of every point (the cloud's ``ring`` field, or
         :func:`core.rings.rings_from_scan_order`); needed by ``self_validation``."""
         t0 = time.perf_counter()
-        watch = self.cfg.calibration_watchdog and self._watch_due()
+        watch = self.cfg.calibration_watchdog and self._watch_due(T_cam_lidar)
         shaped = getattr(points, "ndim", 0) == 2 and points.shape[0] > 0 and points.shape[1] >= 3
         if (self.cfg.self_validation != "off" or watch) and rings is None and shaped:
             from .core.rings import rings_from_scan_order
@@ -479,9 +479,10 @@ class MetricDepthPipeline:
         out.extrinsic = health
         return out
 
-    def _watch_due(self) -> bool:
-        """This frame is a calibration watchdog check (every ``calibration_watchdog_every``-th)."""
-        return self._watch_frame % max(1, self.cfg.calibration_watchdog_every) == 0
+    def _watch_due(self, T_cam_lidar: np.ndarray | None = None) -> bool:
+        """This frame is a calibration watchdog check: every frame until the extrinsic looks
+        right, then every ``calibration_watchdog_every``-th (:meth:`ExtrinsicWatchdog.due`)."""
+        return self.watchdog.due(T_cam_lidar, self._watch_frame, max(1, self.cfg.calibration_watchdog_every))
 
     @property
     def extrinsic_health(self):
@@ -501,10 +502,10 @@ class MetricDepthPipeline:
 
     def watch_extrinsic(self, rgb: np.ndarray, points: np.ndarray, rings: np.ndarray | None, K: np.ndarray,
                         T_cam_lidar: np.ndarray, timings: dict | None = None):
-        """Every ``calibration_watchdog_every``-th call, add this frame's evidence to the
-        watchdog; returns its current :class:`Health`. Never raises on bad sensor data."""
-        check = self._watch_due()
-        self._watch_frame += 1
+        """On the watchdog's check frames (:meth:`_watch_due`), add this frame's evidence;
+        returns its current :class:`Health`. Never raises on bad sensor data."""
+        check = self._watch_due(T_cam_lidar)
+        self._watch_frame = 0 if check else self._watch_frame + 1  # frames since the last check
         if check and points is not None and len(points) and rings is not None:
             t0 = time.perf_counter()
             try:

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from scalefield_ros import bench
 
 
@@ -24,7 +26,10 @@ def test_quick_bench_writes_the_documented_keys(tmp_path):
     assert set(saved["projection_ms"]) == {"10000", "100000", "500000", "2000000"}
     assert all(v > 0 for v in saved["projection_ms"].values())
     assert set(saved["ratios"]) == {"projection_100k_over_mde", "uncertainty_over_generator_solve_apply",
-                                    "generator_onnx_over_torch", "watchdog_over_generator_solve_apply"}
+                                    "generator_onnx_over_torch", "watchdog_over_generator_solve_apply",
+                                    "watchdog_patrol_over_generator_solve_apply"}
+    r = saved["ratios"]
+    assert r["watchdog_patrol_over_generator_solve_apply"] == pytest.approx(r["watchdog_over_generator_solve_apply"] / 4)
     assert st["watchdog"] > 0 and st["watchdog_rings"] > 0
     assert "LiDAR projection" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.md").is_file() and (tmp_path / "bench.png").is_file()

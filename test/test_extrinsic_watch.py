@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from scalefield_ros.core.transforms import axis_rotation
 from scalefield_ros.core.extrinsic_watch import (ERROR, OK, ExtrinsicWatchdog, WatchConfig, discontinuity_pairs,
                                                  edge_map, perturbations)
 from scalefield_ros.data.synthetic import SyntheticWorld
@@ -37,9 +38,7 @@ def _run(frames, wrong=None, in_lidar=True, dropout_every=0):
 
 def _rot(axis, deg):
     R = np.eye(4)
-    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-    i, j = [(1, 2), (0, 2), (0, 1)][axis]
-    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
+    R[:3, :3] = axis_rotation(axis, math.radians(deg))
     return R
 
 
@@ -80,7 +79,7 @@ def test_right_extrinsic_is_left_alone_also_through_a_dropout(street):
 
 
 @pytest.mark.parametrize("wrong,in_lidar,axis,sign", [
-    (_rot(2, 3.0), True, "ry", -1),  # yaw of the LiDAR (its z is the camera's -y)
+    (_rot(2, 3.0), True, "ry", 1),  # LiDAR yaw +3: undone by +3 about the camera y (LiDAR z = camera -y)
     (_rot(0, -3.0), False, "rx", 1),  # pitch about the camera's x
 ])
 def test_three_degrees_are_flagged_error_with_the_correction(street, wrong, in_lidar, axis, sign):
@@ -114,3 +113,80 @@ def test_a_new_extrinsic_starts_the_evidence_afresh(street):
     rgb, pts, rings, K, T = street[8]
     assert wd.update(rgb, pts, rings, K, T).status == ""  # corrected: collecting evidence again
     assert wd.health.frames == 1
+
+
+def _pairs_brute_force(pts, rings, min_log_jump=0.2, max_gap_deg=2.0):
+    """The definition, one return at a time: the next return along its ring, and the nearest
+    in azimuth on the next ring up, within ``max_gap_deg``; an edge where log range jumps."""
+    rng = np.linalg.norm(pts, axis=1)
+    az = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
+    ids = sorted(set(rings.tolist()))
+    out = set()
+    for k, rid in enumerate(ids):
+        mine = np.flatnonzero(rings == rid)
+        mine = mine[np.argsort(az[mine], kind="stable")]
+        cand = [(a, b) for a, b in zip(mine[:-1], mine[1:]) if az[b] - az[a] <= max_gap_deg]
+        if k + 1 < len(ids):
+            up = np.flatnonzero(rings == ids[k + 1])
+            for a in mine:
+                d = np.abs(az[up] - az[a])
+                if d.min() <= max_gap_deg:
+                    cand.append((a, up[int(np.argmin(d))]))
+        for a, b in cand:
+            j = math.log(rng[b] / rng[a])
+            if abs(j) > min_log_jump:
+                out.add((a, b) if j > 0 else (b, a))
+    return out
+
+
+def test_discontinuity_pairs_match_their_definition_on_a_random_scan():
+    g = np.random.default_rng(3)
+    n_rings, per = 6, 40
+    az = np.radians(np.sort(g.uniform(-30, 30, (n_rings, per)), 1)).ravel()
+    el = np.radians(np.repeat(np.linspace(-5, 5, n_rings), per))
+    rng = np.where(g.random(n_rings * per) < 0.3, 4.0, 10.0) * g.uniform(0.97, 1.03, n_rings * per)
+    pts = np.stack([rng * np.cos(el) * np.cos(az), rng * np.cos(el) * np.sin(az), rng * np.sin(el)], 1)
+    rings = np.repeat(np.arange(n_rings) * 3 + 7, per)  # ids need not be 0..R-1
+    perm = g.permutation(len(pts))  # nor stored in order
+    pts, rings = pts[perm], rings[perm]
+    near, far, across = discontinuity_pairs(pts, rings)
+    assert set(zip(near.tolist(), far.tolist())) == _pairs_brute_force(pts, rings)
+    assert across.any() and (~across).any()
+    assert (rings[near] != rings[far]).tolist() == across.tolist()
+
+
+def test_patrol_schedule_checks_every_frame_until_ok_then_every_nth_and_densely_when_suspect(street):
+    wd = ExtrinsicWatchdog()
+    rgb, pts, rings, K, T = street[0]
+    assert wd.due(T, 0, 4)  # no verdict yet: every frame
+    for rgb, pts, rings, K, T in street[:7]:
+        wd.update(rgb, pts, rings, K, T)
+    assert wd.health.status == OK
+    wd._suspect = False
+    assert [wd.due(T, k, 4) for k in range(4)] == [False, False, False, True]
+    assert wd.due(T, 0, 1)  # every: 1 checks every frame
+    assert wd.due(T @ _rot(2, 3.0), 0, 4)  # a new extrinsic: its evidence starts at once
+    wd._suspect = True  # the last check alone favoured a perturbation
+    assert wd.due(T, 0, 4)
+
+
+def test_an_axis_the_along_ring_pairs_contradict_is_not_an_error():
+    """Across-ring pairs alone favour -1.5 deg of roll (rz) in some scenes with the right
+    extrinsic; a true error moves the along-ring pairs too."""
+    wd = ExtrinsicWatchdog()
+    H = len(wd.offsets)
+    rz_minus = 1 + 4 * 2 + 1  # rz, -1 step
+    for i in range(8):
+        s = np.full(H, 2.0)
+        s[rz_minus] = 2.6  # all pairs: 30 % better at rz -1.5
+        s[rz_minus - 1] = 2.3
+        wd._scores.append(s + 0.01 * i)
+        along = np.full(H, 2.0)
+        along[rz_minus] = 1.9  # along-ring pairs: worse there
+        wd._along.append(along)
+    h = wd._verdict()
+    assert "rz" not in h.correction and h.status == OK, h.summary()
+    for a in wd._along:
+        a[rz_minus] = 2.2  # along-ring pairs agree: the estimate stands
+    h = wd._verdict()
+    assert h.correction.get("rz", 0) < -1.0, h.summary()

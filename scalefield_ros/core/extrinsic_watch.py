@@ -1,24 +1,23 @@
 """Calibration watchdog: is the LiDAR-camera extrinsic in use right? Evidence across frames.
 
 One frame cannot always tell a wrong extrinsic from a wrong network, but the error of an
-extrinsic is persistent and the network's is not. Each checked frame, the LiDAR points
-are projected with the extrinsic in use and with small perturbations of it (rotations
-about, and translations along, each camera axis), and every hypothesis is scored by how
-well the network's depth explains the points' depths:
+extrinsic is persistent and the network's is not. Each checked frame, the LiDAR's depth
+edges (neighbouring returns, along a ring and across rings, whose ranges jump) are
+projected with the extrinsic in use and with 24 small perturbations of it (rotations
+about, and translations along, each camera axis), and every hypothesis is scored by its
+*alignment*: the image's edge strength where the edges land, over the image's mean (1 =
+chance). The score never uses the network, so the network's errors cannot pass for a
+calibration error.
 
-    y = log z - log D(u, v)  fitted by  a + b log D + c u + d v  (least squares)
-    score = mean(min(|residual|, clip))
+Scores are pooled over a window of checks; per axis an inverted V through the five offsets
+gives the offset that explains the data best (the estimated error; applying it is the
+suggested correction). An axis counts when its best offset beats the extrinsic in use
+significantly and the along-ring pairs, which pin an edge precisely, do not contradict it.
+The schedule (:meth:`ExtrinsicWatchdog.due`) checks every frame until there is an OK
+verdict, then every N-th frame, and densely again after any check that alone favours a
+perturbation.
 
-The low-order fit absorbs what a network gets wrong smoothly (its scale, a disparity
-shift, a tilt), so what remains is mostly where points land on the wrong side of a depth
-edge: the signal a misprojection makes. Scores are averaged over a window of frames; per
-axis a parabola through the five offsets gives the offset that best explains the data,
-which is the estimated error (and, negated, nothing else: the suggested correction is to
-apply that offset). A gross error (tens of degrees) is beyond the perturbations; it shows
-as anchors whose depth no longer rises with the network's (rank correlation), which the
-window also tracks.
-
-Pure torch, batched over hypotheses; no ROS imports.
+Torch and NumPy (OpenCV for the image's edges); no ROS imports.
 """
 
 from __future__ import annotations
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .transforms import axis_rotation
 
 AXES = ("rx", "ry", "rz", "tx", "ty", "tz")
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
@@ -51,6 +52,7 @@ class WatchConfig:
     significance: float = 3.0  # the best hypothesis must beat the one in use by this many standard errors
     min_gain: float = 0.02  # ... and by this share of the alignment
     min_contrast: float = 1.4  # window median alignment below (1 = chance): never OK (WARN)
+    suspect_gain: float = 0.2  # a check where a perturbation aligns this much better: check every frame again
 
 
 @dataclass
@@ -70,14 +72,6 @@ class Health:
                 f"({self.reason})")
 
 
-def _rot(axis: int, rad: float) -> np.ndarray:
-    c, s = np.cos(rad), np.sin(rad)
-    i, j = [(1, 2), (0, 2), (0, 1)][axis]
-    R = np.eye(3)
-    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
-    return R
-
-
 def perturbations(rot_step_deg: float, trans_step_m: float) -> tuple[np.ndarray, np.ndarray]:
     """``(deltas (H, 4, 4), offsets (H, 6))``: the identity, then offsets -2, -1, 1, 2 steps per axis
     (camera frame: the hypothesis is ``delta @ T_cam_lidar``)."""
@@ -87,7 +81,7 @@ def perturbations(rot_step_deg: float, trans_step_m: float) -> tuple[np.ndarray,
             d, o = np.eye(4), np.zeros(6)
             if a < 3:
                 o[a] = k * rot_step_deg
-                d[:3, :3] = _rot(a, np.radians(o[a]))
+                d[:3, :3] = axis_rotation(a, np.radians(o[a]))
             else:
                 o[a] = k * trans_step_m
                 d[a - 3, 3] = o[a]
@@ -106,29 +100,31 @@ def discontinuity_pairs(points: np.ndarray, rings: np.ndarray, min_log_jump: flo
     off the image's edges. Returns ``(near, far, across)``: ``across`` marks pairs between
     rings (their edge lies somewhere between the two returns, a ring spacing apart).
     """
-    pts = np.asarray(points, np.float64)[:, :3]
-    rings = np.asarray(rings)
+    pts = np.asarray(points, np.float32)[:, :3]
+    if len(pts) < 2:
+        none = np.zeros(0, np.int64)
+        return none, none, np.zeros(0, bool)
+    _, rank = np.unique(np.asarray(rings), return_inverse=True)  # rings in id order, 0..R-1
+    rank = rank.reshape(-1)
     rng = np.linalg.norm(pts, axis=1)
-    az = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
-    order = np.lexsort((az, rings))
-    r_s, a_s = rings[order], az[order]
-    pa, pb = [order[:-1]], [order[1:]]
-    same = (r_s[:-1] == r_s[1:]) & (np.abs(a_s[1:] - a_s[:-1]) <= max_gap_deg)
-    pa[0], pb[0] = pa[0][same], pb[0][same]
-    ids = np.unique(r_s)
-    starts = np.searchsorted(r_s, ids)
-    ends = np.append(starts[1:], len(r_s))
-    for k in range(len(ids) - 1):  # next ring, nearest azimuth (rings are ordered by id)
-        a0, a1 = a_s[starts[k]:ends[k]], a_s[starts[k + 1]:ends[k + 1]]
-        if len(a0) == 0 or len(a1) == 0:
-            continue
-        j = np.clip(np.searchsorted(a1, a0), 1, len(a1) - 1)
-        j = np.where(np.abs(a1[j - 1] - a0) < np.abs(a1[j] - a0), j - 1, j)
-        ok = np.abs(a1[j] - a0) <= max_gap_deg
-        pa.append(order[starts[k]:ends[k]][ok])
-        pb.append(order[starts[k + 1]:ends[k + 1]][j[ok]])
-    a, b = np.concatenate(pa), np.concatenate(pb)
-    across = np.repeat([False, True], [len(pa[0]), len(a) - len(pa[0])])
+    az = np.degrees(np.arctan2(pts[:, 1], pts[:, 0])).astype(np.float64) + 180.0  # [0, 360]
+    # one sort key: ring, then azimuth; the next ring's return nearest in azimuth is then
+    # a binary search away for every return at once
+    key = rank * 1000.0 + az
+    order = np.argsort(key, kind="stable")
+    ks, rs = key[order], rank[order]
+    same = (rs[:-1] == rs[1:]) & (ks[1:] - ks[:-1] <= max_gap_deg)
+    along_a, along_b = order[:-1][same], order[1:][same]
+    target = ks + 1000.0  # the same azimuth one ring up
+    j = np.clip(np.searchsorted(ks, target), 1, len(ks) - 1)
+    inf = np.inf
+    d_prev = np.where(rs[j - 1] == rs + 1, np.abs(ks[j - 1] - target), inf)
+    d_next = np.where(rs[j] == rs + 1, np.abs(ks[j] - target), inf)
+    pick = np.where(d_prev < d_next, j - 1, j)
+    ok = np.minimum(d_prev, d_next) <= max_gap_deg
+    a = np.concatenate([along_a, order[ok]])
+    b = np.concatenate([along_b, order[pick[ok]]])
+    across = np.repeat([False, True], [len(along_a), int(ok.sum())])
     jump = np.log(rng[b] / np.maximum(rng[a], 1e-6))
     edge = np.abs(jump) > min_log_jump
     a, b, jump, across = a[edge], b[edge], jump[edge], across[edge]
@@ -140,31 +136,29 @@ def discontinuity_pairs(points: np.ndarray, rings: np.ndarray, min_log_jump: flo
 def edge_map(rgb: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """``(H, W)`` image edge strength in [0, 1], spread a few pixels with decay (so that a
     near miss still scores, less than a hit): the Sobel magnitude of the grey image,
-    divided by its 99th percentile."""
-    img = torch.as_tensor(np.asarray(rgb)).to(device).float()
-    grey = (img[..., :3] @ torch.tensor([0.299, 0.587, 0.114], device=img.device)).div(255.0)[None, None]
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=img.device)
-    k = torch.stack([kx, kx.T])[:, None]
-    g = torch.nn.functional.conv2d(torch.nn.functional.pad(grey, (1, 1, 1, 1), mode="replicate"), k)
-    mag = g.pow(2).sum(1, keepdim=True).sqrt()
-    flat = mag.flatten()
-    sub = flat[:: max(1, flat.numel() // 20000)]  # the percentile of a 20k-pixel sample: ~0.1 % off, 10x faster
-    q = torch.kthvalue(sub, max(1, int(0.99 * sub.numel()))).values.clamp_min(1e-6)
-    e = (mag / q).clamp(max=1.0)
+    divided by its 99th percentile. OpenCV on the CPU (the image arrives there; 5x torch's
+    conv2d on one channel), then moved to ``device``."""
+    import cv2
 
-    def pool(x: torch.Tensor) -> torch.Tensor:  # 3 x 3 max as shifted maxima (max_pool2d is slow on one channel)
-        x = torch.nn.functional.pad(x, (1, 1, 1, 1))
-        r = torch.maximum(torch.maximum(x[..., :-2], x[..., 1:-1]), x[..., 2:])
-        return torch.maximum(torch.maximum(r[..., :-2, :], r[..., 1:-1, :]), r[..., 2:, :])
-
-    p3 = pool(e)
-    spread = torch.maximum(torch.maximum(e, 0.6 * p3), 0.36 * pool(p3))
-    return spread[0, 0]
+    img = np.asarray(rgb.cpu() if isinstance(rgb, torch.Tensor) else rgb)
+    grey = cv2.cvtColor(np.ascontiguousarray(img[..., :3], np.float32), cv2.COLOR_RGB2GRAY) / 255.0
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    mag = cv2.magnitude(gx, gy)
+    flat = mag.reshape(-1)
+    sub = flat[:: max(1, flat.size // 20000)]  # the percentile of a 20k-pixel sample: ~0.1 % off, 10x faster
+    k = max(1, int(0.99 * sub.size)) - 1
+    q = max(float(np.partition(sub, k)[k]), 1e-6)
+    e = np.minimum(mag / q, 1.0)
+    box = np.ones((3, 3), np.uint8)
+    p3 = cv2.dilate(e, box)  # 3 x 3 maximum
+    spread = np.maximum(np.maximum(e, 0.6 * p3), 0.36 * cv2.dilate(p3, box))
+    return torch.from_numpy(spread).to(device)
 
 
 def edge_scores(edges: torch.Tensor, near: torch.Tensor, far: torch.Tensor, K: torch.Tensor, T: torch.Tensor,
                 deltas: torch.Tensor, at: torch.Tensor | float = 0.5, min_depth: float = 0.1,
-                min_pairs: int = 20) -> torch.Tensor | None:
+                min_pairs: int = 20, subset: torch.Tensor | None = None) -> torch.Tensor | None:
     """Per hypothesis ``deltas[h] @ T``: how well the LiDAR's depth edges land on image edges.
 
     An edge lies between the two returns of a discontinuity pair (``near``, ``far``:
@@ -172,6 +166,8 @@ def edge_scores(edges: torch.Tensor, near: torch.Tensor, far: torch.Tensor, K: t
     (reading it at the near return would bias the estimate by up to one ring spacing).
     Returns the mean over the pairs in view under every hypothesis, divided by the image's
     mean edge strength (1 = no better than chance), or None with fewer than ``min_pairs``.
+    With ``subset`` (a mask over the pairs) it returns ``(2, H)``: all pairs, then the
+    subset's alone (NaN with fewer than ``min_pairs`` of them).
     """
     h, w = edges.shape
     dev, dt = edges.device, torch.float32
@@ -195,7 +191,15 @@ def edge_scores(edges: torch.Tensor, near: torch.Tensor, far: torch.Tensor, K: t
         return None
     e = edges.reshape(-1)[(vi.clamp(0, h - 1) * w + ui.clamp(0, w - 1))]
     mf = m.to(dt)
-    return (e * mf).sum(1) / mf.sum(1).clamp_min(1) / edges.mean().clamp_min(1e-6)
+    norm = edges.mean().clamp_min(1e-6)
+    out = (e * mf).sum(1) / mf.sum(1).clamp_min(1) / norm
+    if subset is None:
+        return out
+    ms = mf * subset.to(dev, dt)
+    part = (e * ms).sum(1) / ms.sum(1).clamp_min(1) / norm
+    if int(ms[0].sum()) < min_pairs:
+        part = torch.full_like(part, float("nan"))
+    return torch.stack([out, part])
 
 
 class ExtrinsicWatchdog:
@@ -216,7 +220,21 @@ class ExtrinsicWatchdog:
 
     def reset(self) -> None:
         self._scores: deque = deque(maxlen=self.cfg.window)
+        self._along: deque = deque(maxlen=self.cfg.window)  # the same, along-ring pairs alone (NaN: too few)
+        self._suspect = False  # the last check alone favoured a perturbation (a knock?): check densely
         self.health = Health("", float("nan"), float("nan"), {}, 0, float("nan"), "no evidence yet")
+
+    def due(self, T_cam_lidar: np.ndarray | None, frames_since_check: int, every: int) -> bool:
+        """The checking schedule: every frame while there is no OK verdict (collecting
+        evidence after a start or a new extrinsic, WARN, ERROR) and after a check that alone
+        favoured a perturbation by ``suspect_gain`` (a knock shows there first), else every
+        ``every``-th frame. ``frames_since_check``: frames since the last check (0 = the
+        previous frame was one)."""
+        if self.health.status != OK or every <= 1 or self._suspect:
+            return True
+        if T_cam_lidar is not None and (self._T is None or not np.allclose(self._T, T_cam_lidar, atol=1e-6)):
+            return True  # a new extrinsic: its evidence starts now
+        return frames_since_check + 1 >= every
 
     @torch.no_grad()
     def update(self, rgb: np.ndarray, points: np.ndarray, rings: np.ndarray | None, K: np.ndarray,
@@ -228,22 +246,22 @@ class ExtrinsicWatchdog:
         if self._T is None or not np.allclose(self._T, T, atol=1e-6):
             self._T = T.copy()
             self.reset()
-        pts = np.asarray(points, np.float32)[:, :3]
+        pts = np.ascontiguousarray(np.asarray(points)[:, :3], np.float32)
         if rings is None:
             from .rings import rings_from_scan_order
 
             rings = rings_from_scan_order(pts)
         rings = np.asarray(rings)
-        fin = np.isfinite(pts).all(1)
-        pts, rings = pts[fin], rings[fin]
-        # only returns near the camera's view can land in it under a small correction: the
-        # rest (most of a spinning scan) would only cost time
-        pc = pts @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
-        Kf = np.asarray(K, np.float64)
+        # only finite returns near the camera's view can land in it under a small correction:
+        # the rest (most of a spinning scan) would only cost time (float32 torch: 4x numpy here)
         h, w = np.asarray(rgb).shape[:2]
-        z = np.maximum(pc[:, 2], 1e-6)
-        u, v = Kf[0, 0] * pc[:, 0] / z + Kf[0, 2], Kf[1, 1] * pc[:, 1] / z + Kf[1, 2]
-        near_view = (pc[:, 2] > 0.1) & (u > -0.15 * w) & (u < 1.15 * w) & (v > -0.15 * h) & (v < 1.15 * h)
+        p = torch.from_numpy(pts)
+        pc = p @ torch.from_numpy(T[:3, :3].T.astype(np.float32)) + torch.from_numpy(T[:3, 3].astype(np.float32))
+        z = pc[:, 2].clamp_min(1e-6)
+        u = pc[:, 0] / z * float(K[0][0]) + float(K[0][2])
+        v = pc[:, 1] / z * float(K[1][1]) + float(K[1][2])
+        # (a NaN return fails every comparison)
+        near_view = ((pc[:, 2] > 0.1) & (u > -0.15 * w) & (u < 1.15 * w) & (v > -0.15 * h) & (v < 1.15 * h)).numpy()
         pts, rings = pts[near_view], rings[near_view]
         if len(pts) < cfg.min_points:
             return self.health  # a LiDAR dropout gives no evidence, for or against
@@ -270,9 +288,12 @@ class ExtrinsicWatchdog:
         edges = edge_map(rgb, self.device)
         score = edge_scores(edges, torch.from_numpy(pts[near]), torch.from_numpy(pts[far]),
                             torch.from_numpy(K.astype(np.float32)), torch.from_numpy(T.astype(np.float32)),
-                            self.deltas, at=at, min_pairs=cfg.min_pairs)
+                            self.deltas, at=at, min_pairs=cfg.min_pairs, subset=torch.from_numpy(~across))
         if score is not None:
-            self._scores.append(score.cpu().numpy().astype(np.float64))
+            both = score.cpu().numpy().astype(np.float64)
+            self._scores.append(both[0])
+            self._along.append(both[1])
+            self._suspect = bool((both[0] - both[0][0]).max() > self.cfg.suspect_gain * max(both[0][0], 1e-6))
             self.health = self._verdict()
         return self.health
 
@@ -293,6 +314,31 @@ class ExtrinsicWatchdog:
                 best, best_sse = float(x0), sse
         return best
 
+    def _confirmed_along_rings(self, est: np.ndarray) -> np.ndarray:
+        """Keep an axis's estimate only where the along-ring pairs do not contradict it.
+
+        Returns a fraction of a degree apart pin an edge precisely; across rings the edge lies
+        somewhere in a ring spacing, and in some scenes (a sloping roof line, a kerb seen from
+        above) those pairs alone prefer a few degrees of roll or a decimetre up or down, frame
+        after frame, with the right extrinsic. A true error moves both kinds of pair, so the
+        along-ring pairs' own gain toward the estimated offset must not be negative. Without
+        along-ring evidence (too few such pairs) the estimate stands."""
+        A = np.stack(self._along)
+        ok = np.isfinite(A[:, 0])
+        if ok.sum() < max(2, self.cfg.min_frames // 2):
+            return est
+        A = A[ok]
+        along = ((A - A[:, :1]) / np.maximum(A[:, :1], 1e-6)).mean(0)
+        out = est.copy()
+        for a, x0 in enumerate(est):
+            if not x0:
+                continue
+            steps = self.offsets[1 + 4 * a:5 + 4 * a, a]  # -2, -1, +1, +2 steps
+            h = 1 + 4 * a + int(np.argmin(np.abs(steps - x0)))
+            if along[h] < 0:
+                out[a] = 0.0
+        return out
+
     def _verdict(self) -> Health:
         cfg = self.cfg
         S = np.stack(self._scores)  # (F, H) alignment: higher = edges land better
@@ -309,6 +355,7 @@ class ExtrinsicWatchdog:
         sig = mean > np.maximum(cfg.min_gain, cfg.significance * se)
         est = np.array([self._axis_offset(mean, a) if significant and sig[1 + 4 * a:5 + 4 * a].any() else 0.0
                         for a in range(6)])
+        est = self._confirmed_along_rings(est)
         rot, trans = float(np.linalg.norm(est[:3])), float(np.linalg.norm(est[3:]))
         corr = {k: round(float(v), 3) for k, v in zip(AXES, est) if v} if significant else {}
         ratio = max(rot / cfg.error_deg, trans / cfg.error_m)

@@ -20,6 +20,15 @@ def quaternion_matrix(t: list[float], q: list[float]) -> np.ndarray:
     return T
 
 
+def axis_rotation(axis: int, rad: float) -> np.ndarray:
+    """3 x 3 rotation by ``rad`` about coordinate axis ``axis`` (0 = x, 1 = y, 2 = z)."""
+    c, s = np.cos(rad), np.sin(rad)
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    R = np.eye(3)
+    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
+    return R
+
+
 def matrix_quaternion(T: np.ndarray) -> tuple[list[float], list[float]]:
     """(translation, quaternion x, y, z, w) of a 4 x 4 rigid transform."""
     R = np.asarray(T, dtype=np.float64)[:3, :3]

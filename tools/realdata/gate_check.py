@@ -14,7 +14,6 @@ import argparse
 import json
 from collections import Counter
 
-import numpy as np
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,7 +1,7 @@
 """Calibration watchdog study: detection delay and false alarms on synthetic sequences.
 
     python tools/watchdog/check_watchdog.py render OUT --seeds 9100-9109 --frames 25
-    python tools/watchdog/check_watchdog.py run OUT [--every 1] [--json results.json]
+    python tools/watchdog/check_watchdog.py run OUT [--every 4] [--json results.json]
 
 ``render`` stores, per family and seed, the embedded network's depth, the LiDAR points and
 ring ids, K and the true extrinsic of each frame (``OUT/<family>_<seed>.npz``). ``run``
@@ -9,7 +9,9 @@ feeds every sequence to :class:`ExtrinsicWatchdog` with the true extrinsic (fals
 also with LiDAR dropouts: every 7th frame keeps 2 % of its points) and with each wrong
 one: 3 deg about each LiDAR axis and each camera axis (both signs), 0.2 m along each
 axis (both signs), and gross errors (90 / 180 deg yaw, 1 m along x and z). It reports, per
-error, the share of sequences flagged ERROR within 20 frames and the median delay.
+error, the share of sequences flagged ERROR within 20 frames and the median delay, with
+the node's schedule (every frame until OK, then every ``--every``-th), and how soon a knock
+a third into a sequence (the extrinsic in use unchanged) is flagged.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalefield_ros.core.extrinsic_watch import ERROR, ExtrinsicWatchdog, WatchConfig, _rot
+from scalefield_ros.core.extrinsic_watch import ERROR, ExtrinsicWatchdog, WatchConfig
+from scalefield_ros.core.transforms import axis_rotation as _rot
 
 
 def render(out: Path, seeds: list[int], frames: int) -> None:
@@ -82,24 +85,38 @@ def sequences(folder: Path):
         yield p.stem, z["rgb"], z["K"], z["T"], list(zip(np.split(z["points"], cut), np.split(z["rings"], cut)))
 
 
-def run_sequence(rgb, K, T, pts, wrong=None, dropout=False, every=1, cfg=None):
-    """Statuses per frame (one per checked frame, carried over between checks)."""
+def run_sequence(rgb, K, T, pts, wrong=None, dropout=False, every=1, cfg=None, knock_at=None):
+    """Statuses per frame (one per checked frame, carried over between checks). ``knock_at``:
+    the extrinsic in use stays right and from that frame on the sensors are knocked by
+    ``wrong`` instead (the points move; the node is not told)."""
     wd = ExtrinsicWatchdog(cfg)
-    out, spent = [], 0.0
+    out, spent, checks, since, steady = [], 0.0, 0, 0, [0, 0]
     status = ""
     for i in range(len(rgb)):
         Ti = T[i]
-        if wrong is not None:
-            Ti = Ti @ wrong[1] if wrong[0] == "lidar" else wrong[1] @ Ti
         p, r = pts[i]
+        if wrong is not None:
+            Tw = Ti @ wrong[1] if wrong[0] == "lidar" else wrong[1] @ Ti
+            if knock_at is None:
+                Ti = Tw
+            elif i >= knock_at:  # points that the right extrinsic projects as the wrong one would
+                M = np.linalg.inv(Ti) @ Tw
+                p = (p[:, :3] @ M[:3, :3].T + M[:3, 3]).astype(np.float32)
         if dropout and i % 7 == 3:  # a LiDAR dropout: 2 % of the returns
             p, r = p[::50], r[::50]
-        if i % every == 0:
+        due = wd.due(Ti, since, every)  # the node's schedule: every frame until OK, then every N-th
+        if status:  # after the first verdict: [frames, checks] of the steady state
+            steady[0] += 1
+            steady[1] += int(due)
+        if due:
             t0 = time.perf_counter()
             status = wd.update(rgb[i], p, r, K, Ti).status
             spent += time.perf_counter() - t0
+            checks, since = checks + 1, 0
+        else:
+            since += 1
         out.append(status)
-    return out, spent / max(1, len(range(0, len(rgb), every))), wd.health
+    return out, spent / max(1, checks), wd.health, (checks, steady)
 
 
 def main(argv=None) -> dict:
@@ -108,7 +125,7 @@ def main(argv=None) -> dict:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--seeds", default="9100-9109")
     ap.add_argument("--frames", type=int, default=25)
-    ap.add_argument("--every", type=int, default=1)
+    ap.add_argument("--every", type=int, default=4, help="calibration_watchdog_every (the node's default)")
     ap.add_argument("--within", type=int, default=20)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--set", default="", help="WatchConfig overrides, e.g. min_frames=4,error_deg=2.0")
@@ -123,11 +140,15 @@ def main(argv=None) -> dict:
     seqs = list(sequences(a.folder))
     res = {"sequences": len(seqs), "frames": int(sum(len(s[1]) for s in seqs)), "false_error_frames": 0,
            "false_error_frames_dropout": 0, "false_warn_frames": 0, "errors": {}}
-    cost = []
+    cost, checks, steady = [], [], [0, 0]
     for name, rgb, K, T, pts in seqs:
         for dropout in (False, True):
-            st, c, h = run_sequence(rgb, K, T, pts, dropout=dropout, every=a.every, cfg=wcfg)
+            st, c, h, n = run_sequence(rgb, K, T, pts, dropout=dropout, every=a.every, cfg=wcfg)
             cost.append(c)
+            if not dropout:
+                checks.append(n[0] / len(st))
+                steady[0] += n[1][0]
+                steady[1] += n[1][1]
             res["false_error_frames_dropout" if dropout else "false_error_frames"] += sum(s == ERROR for s in st)
             if not dropout:
                 res["false_warn_frames"] += sum(s == "WARN" for s in st)
@@ -136,7 +157,7 @@ def main(argv=None) -> dict:
     for ename, wrong in errors().items():
         hits, delays = 0, []
         for name, rgb, K, T, pts in seqs:
-            st, _, h = run_sequence(rgb, K, T, pts, wrong=wrong, every=a.every, cfg=wcfg)
+            st, _, h, _ = run_sequence(rgb, K, T, pts, wrong=wrong, every=a.every, cfg=wcfg)
             first = next((i for i, s in enumerate(st) if s == ERROR), None)
             if first is not None and first < a.within:
                 hits += 1
@@ -144,7 +165,24 @@ def main(argv=None) -> dict:
         res["errors"][ename] = {"flagged_share": hits / len(seqs), "median_frames": float(np.median(delays))
                                 if delays else None}
         print(f"{ename:28s} flagged {hits}/{len(seqs)} median {res['errors'][ename]['median_frames']}", flush=True)
+    # a knock while running (the window is full of good evidence): frames from the knock to ERROR
+    res["knocks"] = {}
+    for ename in ("rot +3deg camera-x", "rot +3deg lidar-z", "trans +0.2m camera-x", "trans +0.2m camera-z"):
+        hits, delays = 0, []
+        for name, rgb, K, T, pts in seqs:
+            at = len(rgb) // 3
+            st, _, h, _ = run_sequence(rgb, K, T, pts, wrong=errors()[ename], every=a.every, cfg=wcfg, knock_at=at)
+            first = next((i for i, s in enumerate(st) if i >= at and s == ERROR), None)
+            if first is not None:
+                hits += 1
+                delays.append(first - at + 1)
+        res["knocks"][ename] = {"knock_at": "a third in", "flagged_share": hits / len(seqs),
+                                "median_frames": float(np.median(delays)) if delays else None}
+        print(f"knock {ename:22s} flagged {hits}/{len(seqs)} by the end, median {res['knocks'][ename]['median_frames']}"
+              " frames after it", flush=True)
     res["seconds_per_check"] = float(np.mean(cost))
+    res["checks_per_frame_right_extrinsic"] = float(np.mean(checks))  # the schedule's share of frames checked
+    res["checks_per_frame_after_first_verdict"] = steady[1] / max(1, steady[0])  # ... once it has a verdict
     res["watch_config"] = {**wcfg.__dict__}
     res["every"] = a.every
     print(json.dumps({k: v for k, v in res.items() if k != "errors"}))
