@@ -494,6 +494,53 @@ def generator_cost(device: torch.device, warm: int = 1, reps: int = 3, k: int = 
     return out
 
 
+def adaptation_cost(device: torch.device, quick: bool, mde: str = "embedded") -> dict:
+    """On-robot adaptation (``adapt: true``): one round's time (training steps + validation),
+    and the pipeline's frame time with the background thread running at the default duty
+    cycle against it stopped, measured alternately in the same run (camera rate)."""
+    import tempfile
+
+    from .data.synthetic import SyntheticWorld
+    from .pipeline import MetricDepthPipeline, PipelineConfig
+
+    world = SyntheticWorld("street", 9000)
+    frames = [world.frame(i) for i in range(8 if quick else 20)]
+    with tempfile.TemporaryDirectory() as cache:
+        pipe = MetricDepthPipeline(PipelineConfig(mde=mde, device=str(device), calibration_watchdog=False,
+                                                  adapt=True, adapt_cache=cache))
+        ad = pipe.adapter
+        ad.stop()
+        ad.cfg.min_train_frames, ad.cfg.min_val_frames = 4, 1
+        for f in frames * (3 if quick else 2):  # fill the buffer (fresh frame numbers: new entries)
+            pipe.process(f.rgb, f.K, f.points, f.T_cam_lidar)
+        t0 = time.perf_counter()
+        r = ad.round()
+        round_s = time.perf_counter() - t0
+
+        def frame_time() -> float:
+            ts = []
+            for f in frames:
+                t = time.perf_counter()
+                pipe.process(f.rgb, f.K, f.points, f.T_cam_lidar)
+                _sync(device)
+                ts.append(time.perf_counter() - t)
+            return float(np.median(ts))
+
+        off, on = [], []
+        for _ in range(2 if quick else 3):  # alternate: the machine's load drifts
+            off.append(frame_time())
+            ad.start()
+            time.sleep(0.2)
+            on.append(frame_time())
+            ad.stop()
+        pipe.close()
+    return {"round_s": round_s, "steps_per_round": ad.cfg.steps, "batch": ad.cfg.batch, "duty": ad.cfg.duty,
+            "train_frames": r["train_frames"] if r else 0, "val_frames": r["val_frames"] if r else 0,
+            "frame_ms_adapt_off": 1000 * float(np.median(off)), "frame_ms_adapt_on": 1000 * float(np.median(on)),
+            "frame_time_on_over_off": float(np.median(on) / np.median(off)),
+            "buffer_mb_per_frame": ad.buffer.bytes / max(1, len(ad.buffer)) / 2**20}
+
+
 def node_load(quick: bool, threads: int = 0) -> dict:
     """The main run's node part: :func:`offered_load` at 10/20/30 Hz, reliable QoS, with the
     large-message Fast DDS profile unless the environment names one (README: DDS advice),
@@ -551,6 +598,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--offered-load", action="store_true",
                    help="only the node over DDS (own process) at 10/20/30 Hz offered, reliable QoS, and at 10 Hz "
                         "Best-Effort: delivered and dropped frames, latency p50/p95 (writes offered_load.json/.md)")
+    p.add_argument("--adaptation", action="store_true",
+                   help="only on-robot adaptation: one round's time and the frame time with the background thread "
+                        "on against off, at the default duty cycle (writes adaptation.json/.md)")
     p.add_argument("--skip-node", action="store_true",
                    help="leave out the node over DDS (offered load at 10/20/30 Hz, reliable QoS, and the node's "
                         "overhead around the stages) from the main run")
@@ -568,6 +618,18 @@ def main(argv: list[str] | None = None) -> dict:
                "offered_load": offered_load(seconds=2.0 if a.quick else 5.0, threads=a.node_threads)}
         lines = offered_load_table(doc["offered_load"])
         return _write_mode(out, "offered_load", doc, lines)
+    if a.adaptation:
+        from .mde.backends import resolve_device
+
+        dev = resolve_device(a.device)
+        doc = {"device": str(dev), "machine": machine(), "adaptation": adaptation_cost(dev, a.quick, a.mde)}
+        r = doc["adaptation"]
+        lines = ["| round (s) | steps x batch | duty | frame off (ms) | frame on (ms) | on / off | buffer MB / frame |",
+                 "|---|---|---|---|---|---|---|",
+                 f"| {r['round_s']:.1f} | {r['steps_per_round']} x {r['batch']} | {r['duty']:g} | "
+                 f"{r['frame_ms_adapt_off']:.0f} | {r['frame_ms_adapt_on']:.0f} | {r['frame_time_on_over_off']:.2f} | "
+                 f"{r['buffer_mb_per_frame']:.2f} |"]
+        return _write_mode(out, "adaptation", doc, lines)
     if a.generator_cost:
         from .mde.backends import resolve_device
 

@@ -86,6 +86,13 @@ PARAMS: tuple[Param, ...] = (
     Param("calibration_watchdog_every", 4, "calibration watchdog: while the extrinsic looks right, check every N-th "
           "frame; every frame while collecting evidence (after a start or a new extrinsic), WARN or ERROR (evidence "
           "is pooled over the last 12 checks)", True),
+    Param("adapt", False, "on-robot adaptation: fine-tune the basis generator on this robot's own LiDAR in a "
+          "background thread; a candidate is swapped in only when it validates better on held-out rings of "
+          "held-out frames; saved in the user cache by network identity and resumed on restart (docs/adaptation.md)"),
+    Param("adapt_duty", 0.1, "adaptation: the background thread's busy share of wall-clock time, in (0, 1]"),
+    Param("adapt_max_frames", 300, "adaptation: frames buffered (network depth, features, LiDAR), >= 10"),
+    Param("adapt_max_memory_mb", 256.0, "adaptation: memory cap of the buffer (MB), > 0"),
+    Param("adapt_cache", "", "adaptation: folder of the adapted models; empty = ~/.cache/scalefield_ros/adapted"),
     Param("self_validation_candidates", "grid-smooth,lwlr", "self-validation blend: the methods stacked with `method` "
           "(comma-separated pipeline methods)", True),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),
@@ -116,6 +123,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "max_relative_uncertainty": (0.0, 1e6), "max_extrapolation": (0.0, 1e6), "prior_strength": (0.0, 1e6),
     "prior_decay": (1e-3, 1e6), "prior_max_age": (0.0, 1e6), "prior_sigma_growth": (0.0, 1e3),
     "self_validation_every": (1, 1_000_000), "calibration_watchdog_every": (1, 1_000_000),
+    "adapt_duty": (0.01, 1.0), "adapt_max_frames": (10, 1_000_000), "adapt_max_memory_mb": (1.0, 1e6),
 }
 #: Run-time parameters that are PipelineConfig fields of the same name.
 RUNTIME_CONFIG = ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread", "max_anchor_residual",
@@ -148,6 +156,8 @@ def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
         residual=v["residual_correction"], min_anchors=v["min_anchors"], below_min_anchors=v["below_min_anchors"],
         occlusion_kernel=v["occlusion_kernel"], device=v["device"], allow_mde_mismatch=v["allow_mde_mismatch"],
         tuned=v["tuned_baselines"], uncertainty=v["uncertainty_calibration"],
+        adapt=v["adapt"], adapt_duty=v["adapt_duty"], adapt_max_frames=v["adapt_max_frames"],
+        adapt_max_memory_mb=v["adapt_max_memory_mb"], adapt_cache=v["adapt_cache"],
         **{k: v[k] for k in RUNTIME_CONFIG})
 
 

@@ -7,6 +7,7 @@ same numbers. No ROS imports.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -76,6 +77,12 @@ class PipelineConfig:
     # calibration watchdog (core/extrinsic_watch.py): is the extrinsic right? evidence across frames
     calibration_watchdog: bool = True
     calibration_watchdog_every: int = 4  # while the extrinsic looks right, check every N-th frame
+    # on-robot adaptation (adaptation.py): fine-tune the basis generator on the robot's own LiDAR
+    adapt: bool = False
+    adapt_duty: float = 0.1  # the background thread's busy share of wall-clock time
+    adapt_max_frames: int = 300  # frames buffered
+    adapt_max_memory_mb: float = 256.0  # ... and at most this much memory
+    adapt_cache: str = ""  # "" = the user cache (~/.cache/scalefield_ros/adapted)
 
 
 @dataclass
@@ -196,6 +203,34 @@ class MetricDepthPipeline:
         self.generator_kind = ""  # basis: "own" (shipped for this network), "universal" or "checkpoint"
         self.generator_path = ""
         self.aligner(cfg.method)  # load now: a bad checkpoint fails at start, not on the first frame
+        self.adapter = self._start_adaptation() if cfg.adapt else None
+
+    def _start_adaptation(self):
+        """The background fine-tuning of the basis generator (``adapt``), resumed from the user
+        cache when this network and base generator were adapted before."""
+        from .adaptation import AdaptConfig, Adapter
+
+        if self.cfg.method != "basis" or self.cfg.generator_backend != "torch":
+            raise ValueError(f"adapt needs method basis with generator_backend torch (the generator is fine-tuned "
+                             f"in torch); got method {self.cfg.method!r}, generator_backend "
+                             f"{self.cfg.generator_backend!r}")
+        al = self.aligner("basis")
+        identity = {**self.backend.identity, "generator": Path(self.generator_path).name}
+
+        def swap(gen) -> None:  # one reference: a frame in flight finishes with the old model
+            al.generator = gen
+
+        ad = Adapter(al.generator, identity, AdaptConfig(
+            duty=self.cfg.adapt_duty, max_frames=self.cfg.adapt_max_frames,
+            max_memory_mb=self.cfg.adapt_max_memory_mb, cache_dir=self.cfg.adapt_cache), on_swap=swap,
+            device=self.device)
+        ad.start()
+        return ad
+
+    def close(self) -> None:
+        """Stop background work (the adaptation thread)."""
+        if self.adapter is not None:
+            self.adapter.stop()
 
     def aligner(self, name: str):
         if name not in self._aligners:
@@ -460,13 +495,13 @@ class MetricDepthPipeline:
         t0 = time.perf_counter()
         watch = self.cfg.calibration_watchdog and self._watch_due(T_cam_lidar)
         shaped = getattr(points, "ndim", 0) == 2 and points.shape[0] > 0 and points.shape[1] >= 3
-        if (self.cfg.self_validation != "off" or watch) and rings is None and shaped:
+        need_rings = self.cfg.self_validation != "off" or self.adapter is not None
+        if (need_rings or watch) and rings is None and shaped:
             from .core.rings import rings_from_scan_order
 
             with np.errstate(invalid="ignore"):  # NaN returns get a ring id too; the projection drops them
                 rings = rings_from_scan_order(np.asarray(points, np.float32))
-        uv, z, reason = self.project(points, K, T_cam_lidar, rgb.shape[:2],
-                                     rings if self.cfg.self_validation != "off" else None)
+        uv, z, reason = self.project(points, K, T_cam_lidar, rgb.shape[:2], rings if need_rings else None)
         t = {"projection": time.perf_counter() - t0}
         health = self.watch_extrinsic(rgb, points, rings, K, T_cam_lidar, t) if self.cfg.calibration_watchdog \
             else None
@@ -475,7 +510,13 @@ class MetricDepthPipeline:
             out = FrameOutput(None, None, 0, fb, reason, float("nan"), t)
         else:
             mde, feats, t["mde"] = self.predict(rgb)
-            out = self.align(mde, feats, uv, z, timings=t, stamp=stamp, rings=self.anchor_rings)
+            anchor_rings = self.anchor_rings
+            out = self.align(mde, feats, uv, z, timings=t, stamp=stamp,
+                             rings=anchor_rings if self.cfg.self_validation != "off" else None)
+            if self.adapter is not None and out.depth is not None and not out.gate:
+                t1 = time.perf_counter()
+                self.adapter.observe(mde, feats, uv, z, anchor_rings)  # frames the gate passed only
+                out.timings["adapt_buffer"] = time.perf_counter() - t1
         out.extrinsic = health
         return out
 

@@ -419,3 +419,23 @@ def test_node_exits_cleanly_on_sigint(tmp_path):
     out = "".join(lines)
     assert p.returncode == 0, out[-2000:]
     assert "Traceback" not in out and "RCLError" not in out, out[-2000:]
+
+
+def test_adaptation_is_opt_in_and_reports_its_buffer_in_diagnostics(tmp_path):
+    """adapt: true buffers each published frame for the background fine-tuning, whose state
+    (frames buffered, held-out errors, swaps, the cached model's path) is in diagnostics."""
+    world = SyntheticWorld("street", 9303)
+    h = Harness(world_overrides(world, adapt=True, adapt_cache=str(tmp_path), calibration_watchdog=False),
+                reliability=rclpy.qos.ReliabilityPolicy.RELIABLE)
+    try:
+        for i in range(2):
+            n = len(h.depth)
+            h.publish(world.frame(i))
+            assert h.wait_for(lambda: len(h.depth) > n, 30.0), h.diag_messages()
+        assert h.wait_for(lambda: h.status_values("alignment").get("adapt_frames_seen") == "2", 10.0), \
+            h.status_values("alignment")
+        v = h.status_values("alignment")
+        assert v["adapt_swaps"] == "0" and v["adapt_model"].startswith(str(tmp_path)), v
+        assert "latency_adapt_buffer_ms" in v
+    finally:
+        h.close()

@@ -172,6 +172,8 @@ class AlignCore:
         self.T_param = quaternion_matrix(v["extrinsic_translation"], v["extrinsic_rotation"])
 
     def _unload(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
         self.pipeline = None
         gc.collect()
         try:
@@ -246,6 +248,12 @@ class AlignCore:
             f"scalefield_align ready: method={v['method']} device={self.pipeline.device} "
             f"mde={self.pipeline.backend.name} generator={self.pipeline.generator_kind or 'none'} "
             f"sync={self.sync_kind} qos={v['qos_reliability']}")
+
+    def destroy_node(self):
+        """Stop the pipeline's background work (adaptation) with the node."""
+        if getattr(self, "pipeline", None) is not None:
+            self.pipeline.close()
+        return super().destroy_node()
 
     def stop(self) -> None:
         """Stop the worker (it finishes or drops its frame while the publishers still exist)."""
@@ -466,6 +474,9 @@ class AlignCore:
             level, message = (DiagnosticStatus.ERROR if error else DiagnosticStatus.WARN), \
                 (reason if error else f"skipped: {reason}")
             values["fallback"] = "skip"
+        adapter = getattr(self.pipeline, "adapter", None)
+        if adapter is not None:
+            values.update(adapter.status())
         health = self.pipeline.extrinsic_health if self.pipeline is not None else None
         if health is not None:
             values.update(extrinsic_health=health.status or "collecting", extrinsic_checks=health.frames,
