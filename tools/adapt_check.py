@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=10, help="optimiser steps per round")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", default="", help="the robot's frames from a file dataset instead (folder:PATH with "
+                    "lidar/; e.g. the real development set's redkitchen_adapt); no dense scoring then")
+    ap.add_argument("--save", default="", help="also write the adapted generator here (for evaluate --checkpoint)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -77,8 +80,25 @@ def main(argv: list[str] | None = None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     max_depth = MAX_DEPTH[a.world]
     lo, _, hi = a.eval_seeds.partition("-")
-    evals = [SyntheticWorld(a.world, s).frame(0) for s in range(int(lo), int(hi or lo) + 1)]
-    world = SyntheticWorld(a.world, a.seed)
+    evals = [] if a.data else [SyntheticWorld(a.world, s).frame(0) for s in range(int(lo), int(hi or lo) + 1)]
+    if a.data:
+        from scalefield_ros.data.datasets import open_dataset
+
+        ds = open_dataset(a.data, lidar=True)
+        pick = np.linspace(0, len(ds) - 1, min(a.frames, len(ds))).round().astype(int)
+        robot = [ds[int(i)] for i in pick]
+        max_depth = robot[0].max_depth
+        a.frames, a.future = len(robot), 0
+
+        def frame_at(i):
+            s = robot[i]
+            return s, s.rings
+    else:
+        world = SyntheticWorld(a.world, a.seed)
+
+        def frame_at(i):
+            f = world.frame(i)
+            return f, world.ring_ids(f.points)
     with tempfile.TemporaryDirectory() as cache:  # a fresh start: no cached adapted model
         pipe = MetricDepthPipeline(PipelineConfig(mde=a.mde, device="cpu", max_depth=max_depth, tuned=a.world,
                                                   uncertainty=a.world, calibration_watchdog=False, adapt=True,
@@ -91,22 +111,22 @@ def main(argv: list[str] | None = None) -> dict:
         ad.cfg.steps, ad.cfg.lr = a.steps, a.lr
         for g in ad._opt.param_groups:
             g["lr"] = a.lr
-        base = true_abs_rel(pipe, evals, max_depth)
+        base = true_abs_rel(pipe, evals, max_depth) if evals else float("nan")
         curve = [{"frames": 0, "true_abs_rel": base, "current_holdout": None, "candidate_holdout": None, "swaps": 0}]
         print(f"frames 0: true AbsRel {base:.4f} (generator {pipe.generator_kind})", flush=True)
         t_round = []
         for i in range(a.frames):
-            f = world.frame(i)
-            pipe.process(f.rgb, f.K, f.points, f.T_cam_lidar, rings=world.ring_ids(f.points))
+            f, rings = frame_at(i)
+            pipe.process(f.rgb, f.K, f.points, f.T_cam_lidar, rings=rings)
             if (i + 1) % a.round_every == 0:
                 t0 = time.perf_counter()
                 r = ad.round()
                 t_round.append(time.perf_counter() - t0)
-                row = {"frames": i + 1, "true_abs_rel": true_abs_rel(pipe, evals, max_depth),
+                row = {"frames": i + 1, "true_abs_rel": true_abs_rel(pipe, evals, max_depth) if evals else None,
                        "current_holdout": ad.current_holdout, "candidate_holdout": ad.student_holdout,
                        "swaps": ad.swaps, "round": r}
                 curve.append(row)
-                print(f"frames {i + 1}: true AbsRel {row['true_abs_rel']:.4f}  held-out: in use "
+                print(f"frames {i + 1}: true AbsRel {row['true_abs_rel'] or float('nan'):.4f}  held-out: in use "
                       f"{ad.current_holdout:.4f} candidate {ad.student_holdout:.4f}  swaps {ad.swaps}  "
                       f"round {t_round[-1]:.1f} s", flush=True)
         first_val = next((c["round"]["current"] for c in curve[1:] if c["round"]), float("nan"))
@@ -114,12 +134,17 @@ def main(argv: list[str] | None = None) -> dict:
         _, val = ad.buffer.snapshot()
         held_initial, held_adapted = ad.holdout_error(initial, val), ad.holdout_error(ad.current, val)
         # the robot's scene further on (frames it has not reached yet), dense ground truth
-        future = [world.frame(i) for i in range(a.frames, a.frames + a.future)]
+        future = [world.frame(i) for i in range(a.frames, a.frames + a.future)] if not a.data else []
         pipe.aligner("basis").generator = initial
-        future_initial = true_abs_rel(pipe, future, max_depth)
+        future_initial = true_abs_rel(pipe, future, max_depth) if future else float("nan")
         pipe.aligner("basis").generator = ad.current
-        future_adapted = true_abs_rel(pipe, future, max_depth)
-    res = {"mde": a.mde, "world": a.world, "seed": a.seed, "frames": a.frames, "round_every": a.round_every,
+        future_adapted = true_abs_rel(pipe, future, max_depth) if future else float("nan")
+        if a.save:
+            from scalefield_ros.core.generator import save_generator
+
+            save_generator(ad.current, a.save, {"adapted": {"data": a.data or f"synthetic {a.world} {a.seed}",
+                                                            "frames": a.frames, "swaps": ad.swaps}})
+    res = {"mde": a.mde, "data": a.data or "synthetic", "world": a.world, "seed": a.seed, "frames": a.frames, "round_every": a.round_every,
            "steps_per_round": a.steps, "lr": a.lr, "eval_seeds": a.eval_seeds, "curve": curve,
            "true_abs_rel_start": base, "true_abs_rel_end": curve[-1]["true_abs_rel"],
            "holdout_first_round": first_val, "holdout_end": curve[-1]["current_holdout"],
@@ -128,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
            "holdout_final_val_adapted": held_adapted, "future_frames": a.future,
            "future_true_abs_rel_initial": future_initial, "future_true_abs_rel_adapted": future_adapted}
     (a.out / "adapt.json").write_text(json.dumps(res, indent=1, default=float))
-    print(f"other scenes: true AbsRel {base:.4f} -> {res['true_abs_rel_end']:.4f}; held-out rings of the last "
+    end = res["true_abs_rel_end"] or float("nan")
+    print(f"other scenes: true AbsRel {base:.4f} -> {end:.4f}; held-out rings of the last "
           f"{len(val)} held-out frames: {held_initial:.4f} -> {held_adapted:.4f}; the scene's next {a.future} frames: "
           f"{future_initial:.4f} -> {future_adapted:.4f}; {curve[-1]['swaps']} swaps")
     return res
