@@ -247,7 +247,9 @@ class AlignCore:
         self.get_logger().info(
             f"scalefield_align ready: method={v['method']} device={self.pipeline.device} "
             f"mde={self.pipeline.backend.name} generator={self.pipeline.generator_kind or 'none'} "
-            f"sync={self.sync_kind} qos={v['qos_reliability']}")
+            f"sync={self.sync_kind} qos={v['qos_reliability']}"
+            + (f" adapt=on ({'resumed from' if self.pipeline.adapter.resumed else 'caching in'} "
+               f"{self.pipeline.adapter.path}.safetensors)" if self.pipeline.adapter is not None else ""))
 
     def destroy_node(self):
         """Stop the pipeline's background work (adaptation) with the node."""
