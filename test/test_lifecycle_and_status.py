@@ -169,3 +169,34 @@ def test_lifecycle_executable_refuses_a_bad_parameter_with_one_line():
                         "-p", "device:=cpu", "-p", "method:=magic"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert "cannot start" in r.stderr and "method must be one of" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_configure_cleanup_cycles_do_not_grow_memory():
+    """Defect: each configure/cleanup cycle after the first added 0.8 MB. Now the models are
+    freed on cleanup: after warm-up the resident memory stays flat (measured 0.014 MB a cycle)."""
+    import gc
+
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from scalefield_ros.ros.align import AlignLifecycleNode
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = AlignLifecycleNode(context=ctx, parameter_overrides=[rclpy.parameter.Parameter("device", value="cpu")])
+    try:
+        samples = []
+        for _ in range(14):
+            for step in (node.trigger_configure, node.trigger_activate, node.trigger_deactivate,
+                         node.trigger_cleanup):
+                assert step() == TransitionCallbackReturn.SUCCESS, step.__name__
+            gc.collect()
+            samples.append(rss_mb())
+        slope = float(np.polyfit(np.arange(10), samples[4:], 1)[0])
+        assert slope < 0.3, (slope, samples)  # MB per cycle after 4 warm-up cycles
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
