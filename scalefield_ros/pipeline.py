@@ -217,8 +217,11 @@ class MetricDepthPipeline:
         al = self.aligner("basis")
         identity = {**self.backend.identity, "generator": Path(self.generator_path).name}
 
+        base_kind = self.generator_kind
+
         def swap(gen) -> None:  # one reference: a frame in flight finishes with the old model
             al.generator = gen
+            self.generator_kind = f"{base_kind}+adapted"  # diagnostics: `generator`
 
         ad = Adapter(al.generator, identity, AdaptConfig(
             duty=self.cfg.adapt_duty, max_frames=self.cfg.adapt_max_frames,

@@ -124,3 +124,14 @@ def test_the_pipeline_buffers_gated_frames_and_refuses_adapt_without_basis(tmp_p
     assert pipe.adapter._thread is None
     with pytest.raises(ValueError, match="adapt needs method basis"):
         MetricDepthPipeline(PipelineConfig(device="cpu", method="lwlr", adapt=True, adapt_cache=str(tmp_path)))
+
+
+def test_the_pipeline_says_when_an_adapted_model_is_in_use(tmp_path):
+    pipe = MetricDepthPipeline(PipelineConfig(device="cpu", calibration_watchdog=False, adapt=True,
+                                              adapt_cache=str(tmp_path)))
+    try:
+        assert pipe.generator_kind == "own"
+        pipe.adapter.on_swap(pipe.aligner("basis").generator)  # what a validated swap calls
+        assert pipe.generator_kind == "own+adapted"
+    finally:
+        pipe.close()
