@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default="", help="the robot's frames from a file dataset instead (folder:PATH with "
                     "lidar/; e.g. the real development set's redkitchen_adapt); no dense scoring then")
+    ap.add_argument("--baselines", default="lwlr,grid-smooth", help="tuned baselines scored on the future frames too")
     ap.add_argument("--save", default="", help="also write the adapted generator here (for evaluate --checkpoint)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
@@ -139,6 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
         future_initial = true_abs_rel(pipe, future, max_depth) if future else float("nan")
         pipe.aligner("basis").generator = ad.current
         future_adapted = true_abs_rel(pipe, future, max_depth) if future else float("nan")
+        baselines = {}
+        for m in [x for x in a.baselines.split(",") if x] if future else []:  # tuned, as the node runs them
+            pipe.cfg.method = m
+            baselines[m] = true_abs_rel(pipe, future, max_depth)
+        pipe.cfg.method = "basis"
         if a.save:
             from scalefield_ros.core.generator import save_generator
 
@@ -151,12 +157,13 @@ def main(argv: list[str] | None = None) -> dict:
            "seconds_per_round": float(np.mean(t_round)) if t_round else None, "threads": a.threads,
            "final_val_frames": len(val), "holdout_final_val_initial": held_initial,
            "holdout_final_val_adapted": held_adapted, "future_frames": a.future,
-           "future_true_abs_rel_initial": future_initial, "future_true_abs_rel_adapted": future_adapted}
+           "future_true_abs_rel_initial": future_initial, "future_true_abs_rel_adapted": future_adapted,
+           "future_true_abs_rel_baselines": baselines}
     (a.out / "adapt.json").write_text(json.dumps(res, indent=1, default=float))
     end = res["true_abs_rel_end"] or float("nan")
     print(f"other scenes: true AbsRel {base:.4f} -> {end:.4f}; held-out rings of the last "
           f"{len(val)} held-out frames: {held_initial:.4f} -> {held_adapted:.4f}; the scene's next {a.future} frames: "
-          f"{future_initial:.4f} -> {future_adapted:.4f}; {curve[-1]['swaps']} swaps")
+          f"{future_initial:.4f} -> {future_adapted:.4f} (tuned: {baselines}); {curve[-1]['swaps']} swaps")
     return res
 
 
