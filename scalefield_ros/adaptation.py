@@ -188,26 +188,32 @@ class Adapter:
         if self.paced and not self._stop.is_set():
             self._stop.wait(busy_s * (1 - self.cfg.duty) / self.cfg.duty)
 
-    def holdout_error(self, gen, frames: list[_Frame], chunk: int = 4) -> float:
-        """AbsRel on the held-out rings of ``frames`` (fixed anchors per frame), in paced chunks."""
+    def holdout_error(self, gen, frames: list[_Frame]) -> float:
+        """AbsRel on the held-out rings of ``frames`` (fixed anchors per frame)."""
+        return self.holdout_errors([gen], frames)[0]
+
+    def holdout_errors(self, gens: list, frames: list[_Frame], chunk: int = 4) -> list[float]:
+        """:meth:`holdout_error` of every model in ``gens`` on the same frames and anchors, in
+        paced chunks (each chunk's items are built once for all the models)."""
         from .train import evaluate_items
 
-        was = gen.training
-        total, n = 0.0, 0
+        was = [g.training for g in gens]
+        total, n = np.zeros(len(gens)), np.zeros(len(gens))
         try:
             for i in range(0, len(frames), chunk):
                 if self.paced and self._stop.is_set():
-                    return float("nan")  # stopping: no verdict, so no swap
+                    return [float("nan")] * len(gens)  # stopping: no verdict, so no swap
                 t0 = time.perf_counter()
                 items = [it for it in self._items(frames[i:i + chunk]) if bool(it.valid.any())]
-                if items:
-                    rel = float(evaluate_items(gen, items, self._tcfg, self.device)["abs_rel"])
+                for k, g in enumerate(gens if items else []):
+                    rel = float(evaluate_items(g, items, self._tcfg, self.device)["abs_rel"])
                     if np.isfinite(rel):
-                        total, n = total + rel * len(items), n + len(items)
+                        total[k], n[k] = total[k] + rel * len(items), n[k] + len(items)
                 self._pace(time.perf_counter() - t0)
         finally:
-            gen.train(was)
-        return total / n if n else float("nan")
+            for g, w in zip(gens, was):
+                g.train(w)
+        return [float(t / c) if c else float("nan") for t, c in zip(total, n)]
 
     def round(self) -> dict | None:
         """One round: train the student, validate it against the model in use, swap when
@@ -224,11 +230,11 @@ class Adapter:
             by_shape: dict[tuple, list[_Frame]] = {}
             for fr in train:
                 by_shape.setdefault(tuple(fr.mde.shape), []).append(fr)
+            group = max(by_shape.values(), key=len)  # one image size per batch
             for _ in range(cfg.steps):
                 if self.paced and self._stop.is_set():
                     return None  # stopping: drop the round, the model in use stays
                 t1 = time.perf_counter()
-                group = max(by_shape.values(), key=len)
                 pick = self._rng.choice(len(group), size=min(cfg.batch, len(group)), replace=False)
                 terms, _ = step_loss(self.student, self._items([group[i] for i in pick]), self._tcfg, self._rng,
                                      self.device)
@@ -239,8 +245,7 @@ class Adapter:
                 self.steps_done += 1
                 self._pace(time.perf_counter() - t1)
             self.student.eval()
-            cur = self.holdout_error(self.current, val)
-            stu = self.holdout_error(self.student, val)
+            cur, stu = self.holdout_errors([self.current, self.student], val)
             self.rounds += 1
             self.current_holdout, self.student_holdout = cur, stu
             swapped = bool(np.isfinite(stu) and np.isfinite(cur) and stu < cur * (1 - cfg.min_improvement))

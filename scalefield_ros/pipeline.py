@@ -216,7 +216,6 @@ class MetricDepthPipeline:
                              f"{self.cfg.generator_backend!r}")
         al = self.aligner("basis")
         identity = {**self.backend.identity, "generator": Path(self.generator_path).name}
-
         base_kind = self.generator_kind
 
         def swap(gen) -> None:  # one reference: a frame in flight finishes with the old model
@@ -506,8 +505,8 @@ class MetricDepthPipeline:
                 rings = rings_from_scan_order(np.asarray(points, np.float32))
         uv, z, reason = self.project(points, K, T_cam_lidar, rgb.shape[:2], rings if need_rings else None)
         t = {"projection": time.perf_counter() - t0}
-        health = self.watch_extrinsic(rgb, points, rings, K, T_cam_lidar, t) if self.cfg.calibration_watchdog \
-            else None
+        health = self.watch_extrinsic(rgb, points, rings, K, T_cam_lidar, t, check=watch) \
+            if self.cfg.calibration_watchdog else None
         if reason and not (self.has_prior and stamp is not None):
             fb = NO_ANCHORS if reason.startswith("no LiDAR") else "skip"
             out = FrameOutput(None, None, 0, fb, reason, float("nan"), t)
@@ -545,10 +544,12 @@ class MetricDepthPipeline:
         return self._watchdog
 
     def watch_extrinsic(self, rgb: np.ndarray, points: np.ndarray, rings: np.ndarray | None, K: np.ndarray,
-                        T_cam_lidar: np.ndarray, timings: dict | None = None):
-        """On the watchdog's check frames (:meth:`_watch_due`), add this frame's evidence;
-        returns its current :class:`Health`. Never raises on bad sensor data."""
-        check = self._watch_due(T_cam_lidar)
+                        T_cam_lidar: np.ndarray, timings: dict | None = None, check: bool | None = None):
+        """On the watchdog's check frames (:meth:`_watch_due`; ``check``: already decided for
+        this frame), add this frame's evidence; returns its current :class:`Health`. Never
+        raises on bad sensor data."""
+        if check is None:
+            check = self._watch_due(T_cam_lidar)
         self._watch_frame = 0 if check else self._watch_frame + 1  # frames since the last check
         if check and points is not None and len(points) and rings is not None:
             t0 = time.perf_counter()

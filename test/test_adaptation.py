@@ -67,11 +67,11 @@ def test_a_round_swaps_only_a_better_candidate_saves_it_and_a_restart_resumes(st
     swaps = []
     ad.on_swap = swaps.append
     # the candidate validates worse: never swapped in
-    monkeypatch.setattr(ad, "holdout_error", lambda gen, val: 0.10 if gen is ad.current else 0.12)
+    monkeypatch.setattr(ad, "holdout_errors", lambda gens, val: [0.10 if g is ad.current else 0.12 for g in gens])
     current = ad.current
     assert ad.round()["swapped"] is False and ad.current is current and not swaps
     # better by more than min_improvement: swapped in, handed over, saved under the identity
-    monkeypatch.setattr(ad, "holdout_error", lambda gen, val: 0.10 if gen is ad.current else 0.05)
+    monkeypatch.setattr(ad, "holdout_errors", lambda gens, val: [0.10 if g is ad.current else 0.05 for g in gens])
     assert ad.round()["swapped"] is True and swaps == [ad.current] and ad.current is not shipped
     assert ad.current_holdout == 0.05 and ad.status()["adapt_swaps"] == str(ad.swaps)
     assert cache_path(ad.identity, str(tmp_path)).with_suffix(".safetensors").is_file()

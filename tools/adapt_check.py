@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         first_val = next((c["round"]["current"] for c in curve[1:] if c["round"]), float("nan"))
         # the same held-out frames for both: the shipped model against the adapted one
         _, val = ad.buffer.snapshot()
-        held_initial, held_adapted = ad.holdout_error(initial, val), ad.holdout_error(ad.current, val)
+        held_initial, held_adapted = ad.holdout_errors([initial, ad.current], val)
         # the robot's scene further on (frames it has not reached yet), dense ground truth
         future = [world.frame(i) for i in range(a.frames, a.frames + a.future)] if not a.data else []
         pipe.aligner("basis").generator = initial

@@ -224,6 +224,9 @@ class ExtrinsicWatchdog:
         self._suspect = False  # the last check alone favoured a perturbation (a knock?): check densely
         self.health = Health("", float("nan"), float("nan"), {}, 0, float("nan"), "no evidence yet")
 
+    def _is_new_extrinsic(self, T_cam_lidar: np.ndarray) -> bool:
+        return self._T is None or not np.allclose(self._T, T_cam_lidar, atol=1e-6)
+
     def due(self, T_cam_lidar: np.ndarray | None, frames_since_check: int, every: int) -> bool:
         """The checking schedule: every frame while there is no OK verdict (collecting
         evidence after a start or a new extrinsic, WARN, ERROR) and after a check that alone
@@ -232,7 +235,7 @@ class ExtrinsicWatchdog:
         previous frame was one)."""
         if self.health.status != OK or every <= 1 or self._suspect:
             return True
-        if T_cam_lidar is not None and (self._T is None or not np.allclose(self._T, T_cam_lidar, atol=1e-6)):
+        if T_cam_lidar is not None and self._is_new_extrinsic(T_cam_lidar):
             return True  # a new extrinsic: its evidence starts now
         return frames_since_check + 1 >= every
 
@@ -243,7 +246,7 @@ class ExtrinsicWatchdog:
         point; None: estimated from the scan order) pair the returns into scan-line neighbours."""
         cfg = self.cfg
         T = np.asarray(T_cam_lidar, np.float64)
-        if self._T is None or not np.allclose(self._T, T, atol=1e-6):
+        if self._is_new_extrinsic(T):
             self._T = T.copy()
             self.reset()
         pts = np.ascontiguousarray(np.asarray(points)[:, :3], np.float32)
@@ -254,7 +257,8 @@ class ExtrinsicWatchdog:
         rings = np.asarray(rings)
         # only finite returns near the camera's view can land in it under a small correction:
         # the rest (most of a spinning scan) would only cost time (float32 torch: 4x numpy here)
-        h, w = np.asarray(rgb).shape[:2]
+        rgb = np.asarray(rgb)
+        h, w = rgb.shape[:2]
         p = torch.from_numpy(pts)
         pc = p @ torch.from_numpy(T[:3, :3].T.astype(np.float32)) + torch.from_numpy(T[:3, 3].astype(np.float32))
         z = pc[:, 2].clamp_min(1e-6)
@@ -273,7 +277,6 @@ class ExtrinsicWatchdog:
         # of a degree away), between the two returns across rings
         at = torch.from_numpy(np.where(across, cfg.across_at, cfg.along_at).astype(np.float32))
         # edges at a working width: LiDAR spacing and edge spread then compare alike for any camera
-        rgb = np.asarray(rgb)
         f = min(1.0, cfg.work_width / rgb.shape[1])
         K = np.asarray(K, np.float64).copy()
         if f < 1.0:
@@ -317,7 +320,7 @@ class ExtrinsicWatchdog:
     def _confirmed_along_rings(self, est: np.ndarray) -> np.ndarray:
         """Keep an axis's estimate only where the along-ring pairs do not contradict it.
 
-        Returns a fraction of a degree apart pin an edge precisely; across rings the edge lies
+        Two returns along a ring, a fraction of a degree apart, pin an edge; across rings it lies
         somewhere in a ring spacing, and in some scenes (a sloping roof line, a kerb seen from
         above) those pairs alone prefer a few degrees of roll or a decimetre up or down, frame
         after frame, with the right extrinsic. A true error moves both kinds of pair, so the
