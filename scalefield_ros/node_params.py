@@ -48,10 +48,13 @@ PARAMS: tuple[Param, ...] = (
     Param("below_min_anchors", "global", "policy under min_anchors: global (scale fit) or skip", True),
     Param("gate_policy", "skip", "a frame failing the sanity gate (anchors disagree with the network): skip "
           "(never published) or publish (published, diagnostics ERROR)", True),
-    Param("min_rank_correlation", 0.5, "sanity gate: a frame fails when the Spearman correlation of anchor depth "
+    Param("min_rank_correlation", 0.0, "sanity gate: a frame fails when the Spearman correlation of anchor depth "
           "with network depth is below this (-1..1) and the scale spread exceeds max_log_ratio_spread", True),
     Param("max_log_ratio_spread", 0.5, "sanity gate: interquartile range of log(anchor / network depth) above "
           "which a low rank correlation fails the frame, > 0", True),
+    Param("gross_log_ratio_spread", 3.0, "sanity gate: interquartile range of log(anchor / network depth) above "
+          "which the frame fails whatever the rank correlation (a factor e^3 = 20 within the middle half of the "
+          "anchors: misread cloud fields), > 0", True),
     Param("max_anchor_residual", 0.35, "sanity gate: largest median |log(depth / anchor)| after the fit, > 0", True),
     Param("max_scale_ratio", 100.0, "sanity gate: largest p99/p1 spread of the fitted scale field, > 1", True),
     Param("max_depth", 0.0, "depths beyond this (m) are published as +inf (REP 118); 0 = no limit", True),
@@ -117,7 +120,8 @@ PARAM_DEFAULTS = {p.name: p.default for p in PARAMS}
 #: and checked by validate_param.
 PARAM_RANGES: dict[str, tuple[float, float]] = {
     "torch_threads": (0, 256), "ridge_lambda": (1e-12, 100.0), "min_anchors": (1, 1_000_000),
-    "min_rank_correlation": (-1.0, 1.0), "max_log_ratio_spread": (1e-6, 100.0), "max_anchor_residual": (1e-6, 100.0),
+    "min_rank_correlation": (-1.0, 1.0), "max_log_ratio_spread": (1e-6, 100.0),
+    "gross_log_ratio_spread": (1e-6, 100.0), "max_anchor_residual": (1e-6, 100.0),
     "max_scale_ratio": (1.000001, 1e12), "max_depth": (0.0, 1e6), "qos_depth": (1, 10_000), "sync_slop": (0.0, 10.0),
     "sync_queue_size": (1, 10_000), "occlusion_kernel": (0, 63), "edge_filter_ratio": (0.0, 100.0),
     "max_relative_uncertainty": (0.0, 1e6), "max_extrapolation": (0.0, 1e6), "prior_strength": (0.0, 1e6),
@@ -126,7 +130,8 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "adapt_duty": (0.01, 1.0), "adapt_max_frames": (10, 1_000_000), "adapt_max_memory_mb": (1.0, 1e6),
 }
 #: Run-time parameters that are PipelineConfig fields of the same name.
-RUNTIME_CONFIG = ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread", "max_anchor_residual",
+RUNTIME_CONFIG = ("max_depth", "gate_policy", "min_rank_correlation", "max_log_ratio_spread", "gross_log_ratio_spread",
+                  "max_anchor_residual",
                   "max_scale_ratio", "edge_filter_ratio", "max_relative_uncertainty", "max_extrapolation",
                   "temporal_prior", "prior_strength", "prior_decay", "prior_max_age", "prior_sigma_growth",
                   "self_validation", "self_validation_every", "self_validation_candidates", "calibration_watchdog", "remove_sky",
@@ -182,7 +187,7 @@ def validate_param(name: str, value: Any) -> str | None:
         return f"gate_policy must be one of {GATE_POLICIES}, got {value!r}"
     if name == "min_rank_correlation" and not (isinstance(value, float) and -1 <= value <= 1):
         return f"min_rank_correlation must be a float in [-1, 1], got {value!r}"
-    if name in ("max_log_ratio_spread", "max_anchor_residual") and not (isinstance(value, float) and value > 0):
+    if name in ("max_log_ratio_spread", "gross_log_ratio_spread", "max_anchor_residual") and not (isinstance(value, float) and value > 0):
         return f"{name} must be a float > 0, got {value!r}"
     if name == "max_scale_ratio" and not (isinstance(value, float) and value > 1):
         return f"max_scale_ratio must be a float > 1, got {value!r}"

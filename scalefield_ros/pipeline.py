@@ -51,8 +51,9 @@ class PipelineConfig:
     allow_mde_mismatch: bool = False  # run a generator trained for another MDE (logged; at your own risk)
     tuned: str = "street"  # baseline options: street, indoor, a tune YAML, or "" (defaults)
     # sanity gate (see check_alignment): limits and what to do with a frame that fails
-    min_rank_correlation: float = 0.5  # Spearman rho of MDE depth vs anchor depth at the anchors ...
+    min_rank_correlation: float = 0.0  # Spearman rho of MDE depth vs anchor depth at the anchors ...
     max_log_ratio_spread: float = 0.5  # ... fails only together with an IQR of log(anchor / MDE depth) above this
+    gross_log_ratio_spread: float = 3.0  # an IQR of log(anchor / MDE depth) above this fails alone
     max_anchor_residual: float = 0.35  # median |log(depth / anchor)| at the anchors after the fit
     max_scale_ratio: float = 100.0  # p99 / p1 of the fitted scale field over the image
     gate_policy: str = "skip"  # skip (never publish it) or publish (publish, diagnostics ERROR)
@@ -113,14 +114,16 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def check_alignment(depth_at: np.ndarray, scale: np.ndarray, mde_at: np.ndarray, z: np.ndarray,
-                    cfg: PipelineConfig) -> str:
+                    cfg: PipelineConfig, uv: np.ndarray | None = None) -> str:
     """The sanity gate: "" when the frame is believable, else what is wrong.
 
     Before the fit, the anchors must agree with the network: a frame fails when the
     anchors' depths do not rise with the MDE's (Spearman rank correlation below
     ``min_rank_correlation``) *and* their scales ``log(z / D_mde)`` scatter (interquartile
-    range above ``max_log_ratio_spread``); a low correlation alone happens on frames of
-    nearly one depth (a wall). After it, the fit must reach its anchors (median absolute
+    range above ``max_log_ratio_spread``), or when that scatter alone is gross (above
+    ``gross_log_ratio_spread``: misread cloud fields); a low correlation alone happens on
+    frames of nearly one depth (a wall), and on real frames where the network orders
+    depth poorly but a local scale field still fits (docs/node.md: sanity gate). After it, the fit must reach its anchors (median absolute
     log residual <= ``max_anchor_residual``) and the scale field must be a correction,
     not a different scene (p99 / p1 <= ``max_scale_ratio``). A wrong extrinsic or time
     sync puts anchors on unrelated pixels; misread cloud fields (wrong type or
@@ -137,6 +140,9 @@ def check_alignment(depth_at: np.ndarray, scale: np.ndarray, mde_at: np.ndarray,
         a, b = _ranks(mde_at[good]), _ranks(z[good])
         rho = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 1.0
         q75, q25 = np.percentile(np.log(z[good] / mde_at[good]), [75, 25])
+        if q75 - q25 > cfg.gross_log_ratio_spread:
+            return f"scale spread (IQR of log(anchor / network depth)) {q75 - q25:.2f} > gross_log_ratio_spread " \
+                   f"{cfg.gross_log_ratio_spread:g}"
         if rho < cfg.min_rank_correlation and q75 - q25 > cfg.max_log_ratio_spread:
             return f"anchor depth vs network depth rank correlation {rho:.2f} < min_rank_correlation " \
                    f"{cfg.min_rank_correlation:g} with a scale spread (IQR of log ratio) {q75 - q25:.2f} > " \
@@ -157,8 +163,9 @@ def check_alignment(depth_at: np.ndarray, scale: np.ndarray, mde_at: np.ndarray,
 
 
 def _holdout_model(family: str) -> dict:
-    """How true AbsRel relates to held-out-ring AbsRel for the family, ``exp(a + b log rings)``
-    (``tuned/holdout.yaml``, fitted on validation scenes by ``selfval_check --fit``); {} = factor 1."""
+    """How true AbsRel relates to held-out-ring AbsRel for the family (see
+    :func:`core.selfval.estimate_abs_rel`; ``tuned/holdout.yaml``, fitted on validation
+    scenes by ``selfval_check --fit``); {} = the held-out figure as it is."""
     from pathlib import Path
 
     import yaml
@@ -366,7 +373,7 @@ class MetricDepthPipeline:
             uvl = uv.long().to(mde.device)
             mde_at = mde[uvl[:, 1], uvl[:, 0]].float().cpu().numpy()
             at = depth_t[uvl[:, 1], uvl[:, 0]].float().cpu().numpy()  # the output at the anchors
-            gate = check_alignment(at, scale, mde_at, zn, cfg)
+            gate = check_alignment(at, scale, mde_at, zn, cfg, uv=uvn)
         t["gate"] = time.perf_counter() - t0
         if gate and cfg.gate_policy == "skip":
             return FrameOutput(None, None, int(res.anchors_used[0]), "skip", f"{GATE_MESSAGE} ({gate})",
@@ -376,6 +383,11 @@ class MetricDepthPipeline:
         sigma_t = self._sigma(unc_method, res, mde, uv, z)
         depth, sigma, share = self._finish(depth_t, sigma_t, z, self._sky(mde, feats))
         t["uncertainty"] = time.perf_counter() - t0
+        if "rings" in sv:
+            from .core.selfval import estimate_abs_rel, mean_relative_sigma
+
+            sv["estimated"] = estimate_abs_rel(self.holdout_model, sv["holdout"], sv["rings"],
+                                               mean_relative_sigma(sigma, depth))
         if use_prior and "solution" in res.extras and not fallback:
             self._prior = {"weights": res.extras["weights"].detach(), "stamp": stamp, "solution": res.extras["solution"],
                            "uv": uv, "z": z, "correction": res.extras.get("residual_field")}
@@ -389,7 +401,7 @@ class MetricDepthPipeline:
         candidates with the last weights found. Returns the result to publish and what to
         report (``holdout``: the published fit's held-out AbsRel, ``weights``)."""
         from .core.generator import BasisMaps
-        from .core.selfval import Candidate, blend_fits, calibration_factor, cross_validate, ring_folds, summarise
+        from .core.selfval import Candidate, blend_fits, cross_validate, ring_folds, summarise
 
         cfg = self.cfg
         names = [method] + ([n for n in cfg.self_validation_candidates.split(",") if n and n != method]
@@ -418,7 +430,7 @@ class MetricDepthPipeline:
                     al.prior_weights = saved
             self._sv_weights, sv = summarise(names, pred, y, folds, rings)
             out["holdout"] = sv.blend_abs_rel if cfg.self_validation == "blend" else sv.holdout_abs_rel[method]
-            out["estimated"] = out["holdout"] * calibration_factor(self.holdout_model, sv.rings)
+            out["rings"] = sv.rings  # the estimate needs the published sigma too: made in align()
         self._sv_frame += 1
         if cfg.self_validation == "blend" and self._sv_weights is not None:
             res = blend_fits(cands, self._sv_weights, mde, uv, z, done={0: res})

@@ -8,11 +8,13 @@ Each frame runs the node's default (``self_validation: estimate``, every frame):
 method's AbsRel on whole held-out rings (``holdout_abs_rel``). Held-out rings measure the
 fit *between* rings; the image also has pixels far from every ring, so the raw figure runs
 low, the more so the denser the rings (the held-out ring lies between close neighbours).
-``--fit`` stores, per family, the ratio true / held-out on validation seeds as a power of
-the rings in view, ``exp(a + b log n)`` (least squares in log); the node reports
-``estimated_abs_rel`` = that factor x ``holdout_abs_rel``. Reported: the
-Spearman rank correlation of the estimate with the true AbsRel over frames, and the mean
-relative gap ``|estimate / true - 1|``.
+The uncertainty model's mean ``sigma / depth`` over the published pixels sees those far
+pixels, so ``--fit`` stores, per family, ``log true = a + c log holdout + b log rings +
+d log sigma_rel`` (least squares over validation frames; ``without_sigma``: the older
+``true / holdout = exp(a + b log rings)``, for frames without an uncertainty); the node
+reports ``estimated_abs_rel`` from it (:func:`core.selfval.estimate_abs_rel`). Reported:
+the Spearman rank correlation of the estimate with the true AbsRel over frames, and the
+mean relative gap ``|estimate / true - 1|``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core.selfval import calibration_factor as factor
+from .core.selfval import estimate_abs_rel, mean_relative_sigma
 from .threads import add_threads_argument, set_threads
 
 TUNED_FILE = Path(__file__).resolve().parent / "tuned" / "holdout.yaml"
@@ -56,21 +58,36 @@ def run_frames(family: str, seeds: list[int], frames: tuple[int, ...], rings_in_
                 d = torch.from_numpy(np.where(np.isfinite(out.depth), out.depth, np.nan))
                 true = depth_metrics(d, gt, mask)["abs_rel"]
                 rows.append({"family": family, "seed": seed, "frame": i, "rings": n,
-                             "holdout_abs_rel": out.holdout_abs_rel, "true_abs_rel": true})
+                             "holdout_abs_rel": out.holdout_abs_rel, "true_abs_rel": true,
+                             "sigma_rel": mean_relative_sigma(out.sigma, out.depth)})
     return rows
 
 
 def fit_model(rows: list[dict]) -> dict:
-    n = np.log([r["rings"] for r in rows])
-    y = np.log([r["true_abs_rel"] / r["holdout_abs_rel"] for r in rows])
-    b, a = np.polyfit(n, y, 1)
-    return {"a": round(float(a), 4), "b": round(float(b), 4)}
+    """Least squares in log: ``log true = a + c log holdout + b log rings + d log sigma_rel``
+    (see :func:`core.selfval.estimate_abs_rel`), and, for frames without an uncertainty,
+    ``log(true / holdout) = a + b log rings`` as ``without_sigma``."""
+    h, n = np.log([r["holdout_abs_rel"] for r in rows]), np.log([r["rings"] for r in rows])
+    y = np.log([r["true_abs_rel"] for r in rows])
+    b0, a0 = np.polyfit(n, y - h, 1)
+    model = {"without_sigma": {"a": round(float(a0), 4), "b": round(float(b0), 4)}}
+    s = np.array([r.get("sigma_rel", np.nan) for r in rows], dtype=float)
+    ok = np.isfinite(s) & (s > 0)
+    if ok.sum() >= 8:
+        A = np.stack([np.ones(ok.sum()), h[ok], n[ok], np.log(s[ok])], 1)
+        a, c, b, d = np.linalg.lstsq(A, y[ok], rcond=None)[0]
+        model = {"a": round(float(a), 4), "b": round(float(b), 4), "c": round(float(c), 4), "d": round(float(d), 4),
+                 **model}
+    else:
+        model = {**model["without_sigma"]}
+    return model
 
 
 def agreement(rows: list[dict], model: dict) -> dict:
     from scipy.stats import spearmanr
 
-    est = np.array([r["holdout_abs_rel"] * factor(model, r["rings"]) for r in rows])
+    est = np.array([estimate_abs_rel(model, r["holdout_abs_rel"], r["rings"], r.get("sigma_rel", np.nan))
+                    for r in rows])
     true = np.array([r["true_abs_rel"] for r in rows])
     gap = np.abs(est / true - 1)
     return {"frames": len(rows), "model": model, "spearman": float(spearmanr(est, true)[0]),
@@ -143,8 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
     if a.fit:
         TUNED_FILE.write_text(yaml.safe_dump({
-            "about": "true AbsRel / held-out-ring AbsRel of the node's default = exp(a + b log rings in view), "
-                     "least squares over validation frames (python -m scalefield_ros.selfval_check --fit)",
+            "about": "the node's estimated_abs_rel: log true AbsRel = a + c log held-out-ring AbsRel + b log rings "
+                     "in view + d log mean(sigma / depth); without_sigma: true / held-out = exp(a + b log rings). "
+                     "Least squares over validation frames (python -m scalefield_ros.selfval_check --fit)",
             "seeds": doc["seeds"], "rings": list(rings),
             "model": {f: d["calibrated"]["model"] for f, d in doc["families"].items()}}, sort_keys=False))
         print(f"wrote {TUNED_FILE}")

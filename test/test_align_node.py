@@ -325,7 +325,8 @@ def test_demo_command(tmp_path, capsys):
 
 
 def test_yawed_lidar_trips_the_sanity_gate_over_dds():
-    """A LiDAR extrinsic 90 deg off: never published as metric depth; diagnostics say ERROR and why."""
+    """A LiDAR extrinsic 90 deg off, with the strict gate (min_rank_correlation 0.5): never
+    published as metric depth; diagnostics say ERROR and why."""
     import math
 
     from diagnostic_msgs.msg import DiagnosticStatus
@@ -338,7 +339,7 @@ def test_yawed_lidar_trips_the_sanity_gate_over_dds():
     yaw = np.eye(4)
     yaw[:2, :2] = [[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]
     t, q = matrix_quaternion(world.T_cam_lidar(0) @ yaw)
-    h = Harness(world_overrides(world, extrinsic_translation=t, extrinsic_rotation=q),
+    h = Harness(world_overrides(world, extrinsic_translation=t, extrinsic_rotation=q, min_rank_correlation=0.5),
                 reliability=rclpy.qos.ReliabilityPolicy.RELIABLE)
     try:
         f = world.frame(0)

@@ -109,3 +109,32 @@ def test_self_validate_returns_the_first_candidate_unless_the_blend_is_clearly_b
     res, sv = self_validate(cands, mde, uv, z, rings[idx.numpy()])
     assert sv.weights["global-scale"] == 1.0  # nothing beats the right model on held-out rings
     assert sv.holdout_abs_rel["global-scale"] < 0.05
+
+
+def test_estimated_error_uses_the_uncertainty_to_see_beyond_the_rings(street):
+    """At 32 rings the held-out rings lie between close neighbours, so their AbsRel runs far
+    below the whole image's; the node's estimate (held-out error, rings in view and the mean
+    predicted sigma / depth, tuned/holdout.yaml) comes within a factor 1.5 of the truth."""
+    from scalefield_ros.core.rings import thin_to_rings
+    from scalefield_ros.core.selfval import estimate_abs_rel, mean_relative_sigma
+
+    w, f = street
+    rings = w.ring_ids(f.points)
+    pts, _, keep = thin_to_rings(f.points, rings, f.T_cam_lidar, f.K, f.depth.shape, 32, 0.37, return_mask=True)
+    gt = torch.from_numpy(np.nan_to_num(f.depth))
+    mask = evaluation_mask(gt, 80.0, sky=torch.from_numpy(f.labels == LABELS["sky"]))
+    p = MetricDepthPipeline(PipelineConfig(device="cpu", self_validation="estimate", self_validation_every=1,
+                                           max_depth=80.0, tuned="street", uncertainty="street"))
+    out = p.process(f.rgb, f.K, pts, f.T_cam_lidar, rings=rings[keep])
+    d = torch.from_numpy(np.where(np.isfinite(out.depth), out.depth, np.nan))
+    true = depth_metrics(d, gt, mask)["abs_rel"]
+    assert out.holdout_abs_rel < true / 2, (out.holdout_abs_rel, true)
+    assert true / 1.5 < out.estimated_abs_rel < 1.5 * true, (out.estimated_abs_rel, true)
+    model = p.holdout_model
+    assert model.get("d"), model  # the uncertainty term is in use
+    n = len(np.unique(rings[keep]))
+    again = estimate_abs_rel(model, out.holdout_abs_rel, n, mean_relative_sigma(out.sigma, out.depth))
+    assert abs(again - out.estimated_abs_rel) < 1e-6 * max(1.0, again)
+    # without an uncertainty the older ring-count model is used, not the full one
+    fallback = estimate_abs_rel(model, out.holdout_abs_rel, n)
+    assert fallback == pytest.approx(estimate_abs_rel(model["without_sigma"], out.holdout_abs_rel, n))

@@ -206,7 +206,31 @@ def summarise(names: list[str], pred: np.ndarray, y: np.ndarray, folds: np.ndarr
     return weights, sv
 
 
-def calibration_factor(model: dict, rings: float) -> float:
-    """true / held-out-ring AbsRel as ``exp(a + b log rings)`` (a model fitted by
-    ``selfval_check --fit``, stored in ``tuned/holdout.yaml``); 1 without one."""
-    return float(np.exp(model.get("a", 0.0) + model.get("b", 0.0) * np.log(max(rings, 1.0))))
+def estimate_abs_rel(model: dict, holdout: float, rings: float, sigma_rel: float = float("nan")) -> float:
+    """The frame's whole-image AbsRel estimated from its held-out-ring AbsRel (a model fitted
+    by ``selfval_check --fit``, stored in ``tuned/holdout.yaml``):
+
+    ``log est = a + c log holdout + b log rings + d log sigma_rel``
+
+    ``sigma_rel`` is the uncertainty model's mean ``sigma / depth`` over the published
+    pixels: held-out rings only see the fit *between* rings, the uncertainty also sees the
+    pixels far from every ring. A model with ``d`` needs it; without a finite one the
+    model's ``without_sigma`` part is used. Without a model the estimate is ``holdout``."""
+    if not model:
+        return float(holdout)
+    if model.get("d") and not (sigma_rel > 0):
+        return estimate_abs_rel(model.get("without_sigma", {}), holdout, rings)
+    log = (model.get("a", 0.0) + model.get("c", 1.0) * np.log(max(holdout, 1e-9))
+           + model.get("b", 0.0) * np.log(max(rings, 1.0)))
+    if model.get("d"):
+        log += model["d"] * np.log(sigma_rel)
+    return float(np.exp(log))
+
+
+def mean_relative_sigma(sigma: np.ndarray | torch.Tensor | None, depth: np.ndarray | torch.Tensor) -> float:
+    """Mean ``sigma / depth`` over the pixels where both are finite (NaN without sigma)."""
+    if sigma is None:
+        return float("nan")
+    r = torch.as_tensor(sigma) / torch.as_tensor(depth)
+    r = r[torch.isfinite(r)]
+    return float(r.mean()) if r.numel() else float("nan")
