@@ -293,3 +293,28 @@ def test_region_expansion_grows_the_mask_until_enough_anchors():
     # region 1 grows ring by ring: 3 px reach the first two, 6 px the next two; the corners stay out
     assert mem[1].tolist() == [True, True, True, True, False, False]
     assert mem[0].sum() == 6  # region 0 holds all of them already
+
+
+def test_grid_normal_equations_from_corner_weights_match_the_dense_design():
+    """The grid's normal equations are assembled from each anchor's 4 bilinear weights and
+    a large lattice is solved in band form: the same scale field as the dense eq 4 design
+    (hat_weights) solved by LU, on a lattice small enough for both and on the tuned 24 x 48."""
+    torch.manual_seed(3)
+    h, w = 96, 320
+    mde = torch.rand(2, h, w) * 20 + 1
+    n = 2500
+    uv = torch.stack([torch.rand(2, n) * (w - 1), torch.rand(2, n) * (h - 1)], -1)
+    z = mde[torch.arange(2)[:, None], uv[..., 1].long(), uv[..., 0].long()] * (1.2 + 0.3 * uv[..., 0] / w)
+    mask = torch.rand(2, n) > 0.3
+    for rows, cols in ((3, 5), (24, 48)):
+        al = aligners.GridAligner(rows, cols, smooth=0.001, prior=1e-4)
+        grid = al.fit(mde, uv, z, anchors_mask=mask).extras["grid"].double().reshape(2, -1)
+        mde_at = mde[torch.arange(2)[:, None], uv[..., 1].round().long().clamp(0, h - 1),
+                     uv[..., 0].round().long().clamp(0, w - 1)].double()
+        phi = al.hat_weights(uv, (h, w)) * ((mde_at / z.double()) * mask.double())[..., None]
+        g = rows * cols
+        A = phi.transpose(1, 2) @ phi + 0.001 * al._laplacian(torch.device("cpu")) + 1e-4 * torch.eye(g).double()
+        sg = aligners.global_scale_fit(mde_at.float(), z, mask).double()
+        ref = torch.linalg.solve(A, phi.sum(1) + 1e-4 * sg[:, None])
+        assert torch.allclose(grid, ref.float().double(), rtol=1e-4, atol=1e-6), float((grid - ref).abs().max())
+        assert al.corner_weights(uv, (h, w))[1].sum(-1).sub(1).abs().max() < 1e-9  # a partition of unity
