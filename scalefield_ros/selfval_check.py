@@ -97,7 +97,8 @@ def agreement(rows: list[dict], model: dict) -> dict:
 
 def cost(frames: int = 30, every: int = 10) -> dict:
     """Alignment stages (generator + solve + apply + self-validation) per frame, with
-    self-validation off, ``estimate`` every ``every`` frames and every frame, measured in one
+    self-validation off, ``estimate`` every ``every`` frames and every frame, and ``blend``
+    (the candidates fitted every frame, cross-validated every ``every``), measured in one
     run on the same street frames (ratios against off; timings only in this benchmark)."""
     from .data.synthetic import SyntheticWorld
     from .pipeline import MetricDepthPipeline, PipelineConfig
@@ -106,8 +107,10 @@ def cost(frames: int = 30, every: int = 10) -> dict:
     data = [(f, w.ring_ids(f.points)) for f in (w.frame(i) for i in range(5))]
     modes = {"off": dict(self_validation="off"), f"estimate_every_{every}": dict(self_validation="estimate",
                                                                               self_validation_every=every),
-             "estimate_every_1": dict(self_validation="estimate", self_validation_every=1)}
-    pipes = {k: MetricDepthPipeline(PipelineConfig(device="cpu", max_depth=80.0, **v)) for k, v in modes.items()}
+             "estimate_every_1": dict(self_validation="estimate", self_validation_every=1),
+             f"blend_every_{every}": dict(self_validation="blend", self_validation_every=every)}
+    pipes = {k: MetricDepthPipeline(PipelineConfig(device="cpu", max_depth=80.0, tuned="street", **v))
+             for k, v in modes.items()}
     stage = ("generator", "solve", "apply", "self_validation")
     ms = {k: [] for k in modes}
     for i in range(frames + 3):
@@ -134,11 +137,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rings", default="4,8,16,32", help="ring counts in view per frame")
     p.add_argument("--out", default="", help="directory for results.json (held-out run)")
     p.add_argument("--cost", action="store_true", help="only measure the cost (alignment stages with and without)")
+    p.add_argument("--every", type=int, default=10, help="--cost: cross-validate every N-th frame")
+    p.add_argument("--cost-frames", type=int, default=30, help="--cost: frames measured per mode")
     add_threads_argument(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
     if a.cost:
-        doc = cost()
+        doc = cost(a.cost_frames, a.every)
         print(json.dumps(doc, indent=2))
         if a.out:
             Path(a.out).mkdir(parents=True, exist_ok=True)

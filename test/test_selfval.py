@@ -138,3 +138,41 @@ def test_estimated_error_uses_the_uncertainty_to_see_beyond_the_rings(street):
     # without an uncertainty the older ring-count model is used, not the full one
     fallback = estimate_abs_rel(model, out.holdout_abs_rel, n)
     assert fallback == pytest.approx(estimate_abs_rel(model["without_sigma"], out.holdout_abs_rel, n))
+
+
+def test_the_blend_holds_between_the_rings_and_gives_way_to_the_default_outside():
+    """Weights wholly on the second candidate: its depth between the anchors' top and bottom
+    rows, the first candidate's (the default) far above and below them, and a smooth
+    hand-over (span_alpha) in between."""
+    from scalefield_ros.core.selfval import blend_fits, span_alpha
+
+    h, w = 120, 200
+    u = torch.arange(0, w, 4, dtype=torch.float32)
+    uv = torch.cat([torch.stack([u, torch.full_like(u, v)], 1) for v in (40.0, 60.0, 80.0)])
+    alpha = span_alpha(uv, (h, w), ramp=0.1)
+    assert torch.allclose(alpha[40:81], torch.ones(41, w))
+    assert float(alpha[40 - 12, 100]) == pytest.approx(np.exp(-1.0), rel=1e-4)  # 12 px = 0.1 h above the top
+    assert float(alpha[0].max()) < 0.05 and float(alpha[-1].max()) < 0.05
+    mde = torch.full((h, w), 10.0)
+    z = torch.full((len(uv),), 20.0)
+    cands = [Candidate("global-scale", make("global-scale")), Candidate("x2", _Fixed(40.0))]
+    res = blend_fits(cands, np.array([0.0, 1.0]), mde, uv, z)
+    assert torch.allclose(res.depth[40:81], torch.full((41, w), 40.0))
+    assert torch.allclose(res.depth[:2], torch.full((2, w), 20.0), rtol=0.1)  # the default: scale 2 on 10 m
+    assert torch.allclose(res.depth[-2:], torch.full((2, w), 20.0), rtol=0.1)
+    flat = blend_fits(cands, np.array([0.0, 1.0]), mde, uv, z, span=False)
+    assert torch.allclose(flat.depth, torch.full((h, w), 40.0))
+
+
+class _Fixed:
+    """An aligner that publishes one depth everywhere (to see where the blend uses it)."""
+
+    def __init__(self, depth: float) -> None:
+        self.depth = depth
+
+    def fit(self, mde, uv, z, **_):
+        from scalefield_ros.core.aligners import AlignmentResult
+
+        d = torch.full_like(torch.as_tensor(mde, dtype=torch.float32), self.depth)
+        one = torch.ones(1)
+        return AlignmentResult(d, d / mde, torch.tensor([len(z)]), [""], one, {}, {})

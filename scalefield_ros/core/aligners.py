@@ -557,8 +557,10 @@ class GridAligner(Aligner):
         gram.scatter_add_(1, pair, (wgt[..., :, None] * wgt[..., None, :]).reshape(b, -1))
         rhs = torch.zeros(b, g, device=wgt.device, dtype=torch.float64)
         rhs.scatter_add_(1, idx.reshape(b, -1), wgt.reshape(b, -1))
-        eye = torch.eye(g, device=wgt.device, dtype=torch.float64)
-        A = gram.view(b, g, g) + self.smooth * self._laplacian(wgt.device) + max(self.prior, 1e-9) * eye
+        A = gram.view(b, g, g)  # in place: these are G^2 arrays (10 MB at 24 x 48)
+        if self.smooth:
+            A.add_(self._laplacian(wgt.device), alpha=self.smooth)
+        A.diagonal(dim1=-2, dim2=-1).add_(max(self.prior, 1e-9))
         rhs = rhs + self.prior * torch.nan_to_num(sg, nan=1.0)[:, None]
         s_k = _solve_spd(A, rhs, self.cols + 1).float().view(b, 1, self.rows, self.cols)
         ctx.extras.update(grid=s_k[:, 0])
