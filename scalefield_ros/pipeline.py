@@ -114,7 +114,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def check_alignment(depth_at: np.ndarray, scale: np.ndarray, mde_at: np.ndarray, z: np.ndarray,
-                    cfg: PipelineConfig, uv: np.ndarray | None = None) -> str:
+                    cfg: PipelineConfig) -> str:
     """The sanity gate: "" when the frame is believable, else what is wrong.
 
     Before the fit, the anchors must agree with the network: a frame fails when the
@@ -373,7 +373,7 @@ class MetricDepthPipeline:
             uvl = uv.long().to(mde.device)
             mde_at = mde[uvl[:, 1], uvl[:, 0]].float().cpu().numpy()
             at = depth_t[uvl[:, 1], uvl[:, 0]].float().cpu().numpy()  # the output at the anchors
-            gate = check_alignment(at, scale, mde_at, zn, cfg, uv=uvn)
+            gate = check_alignment(at, scale, mde_at, zn, cfg)
         t["gate"] = time.perf_counter() - t0
         if gate and cfg.gate_policy == "skip":
             return FrameOutput(None, None, int(res.anchors_used[0]), "skip", f"{GATE_MESSAGE} ({gate})",
