@@ -401,7 +401,7 @@ class MetricDepthPipeline:
         candidates with the last weights found. Returns the result to publish and what to
         report (``holdout``: the published fit's held-out AbsRel, ``weights``)."""
         from .core.generator import BasisMaps
-        from .core.selfval import Candidate, blend_fits, cross_validate, cv_subset, ring_folds, summarise
+        from .core.selfval import Candidate, blend_fits, validate
 
         cfg = self.cfg
         names = [method] + ([n for n in cfg.self_validation_candidates.split(",") if n and n != method]
@@ -419,18 +419,14 @@ class MetricDepthPipeline:
         if names != self._sv_names:
             self._sv_names, self._sv_weights, self._sv_frame = names, None, 0
         if self._sv_frame % max(1, cfg.self_validation_every) == 0:
-            sub = cv_subset(len(z))
-            rings_s, sub_t = np.asarray(rings)[sub], torch.as_tensor(sub, device=uv.device)
-            folds = ring_folds(rings_s, uv[sub_t], 3)
             saved = getattr(al, "prior_weights", None)
             if saved is not None:
                 al.prior_weights = None  # the cross-validation fits a batch of folds, without the prior
             try:
-                pred, y = cross_validate(cands, mde, uv[sub_t], z[sub_t], folds)
+                self._sv_weights, sv = validate(cands, mde, uv, z, rings)
             finally:
                 if saved is not None:
                     al.prior_weights = saved
-            self._sv_weights, sv = summarise(names, pred, y, folds, rings_s)
             out["holdout"] = sv.blend_abs_rel if cfg.self_validation == "blend" else sv.holdout_abs_rel[method]
             out["rings"] = sv.rings  # the estimate needs the published sigma too: made in align()
         self._sv_frame += 1

@@ -137,6 +137,18 @@ def cv_subset(n: int, max_anchors: int = CV_MAX_ANCHORS) -> np.ndarray:
     return np.arange(0, n, step)
 
 
+def validate(candidates: list[Candidate], mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor, rings,
+             n_folds: int = 3, margin: float = 0.05) -> tuple[np.ndarray, SelfValidation]:
+    """One cross-validation: the anchors thinned (:func:`cv_subset`), folds of whole rings,
+    every candidate's out-of-fold predictions, and :func:`summarise`'s weights and errors."""
+    sub = cv_subset(len(z))
+    rings_s = np.asarray(rings)[sub]
+    sub_t = torch.as_tensor(sub, device=torch.as_tensor(z).device)
+    folds = ring_folds(rings_s, uv[sub_t], n_folds)
+    pred, y = cross_validate(candidates, mde, uv[sub_t], z[sub_t], folds)
+    return summarise([c.name for c in candidates], pred, y, folds, rings_s, margin)
+
+
 def self_validate(candidates: list[Candidate], mde: torch.Tensor, uv, z, rings, n_folds: int = 3,
                   weights: np.ndarray | None = None, margin: float = 0.05) -> tuple[AlignmentResult, SelfValidation]:
     """Cross-validate the candidates on whole rings, stack them, and publish the stacked
@@ -147,14 +159,9 @@ def self_validate(candidates: list[Candidate], mde: torch.Tensor, uv, z, rings, 
     rings, not far from every ring, so a small held-out gain is not worth a switch."""
     uv_t = torch.as_tensor(uv, dtype=torch.float32)
     z_t = torch.as_tensor(z, dtype=torch.float32)
-    names = [c.name for c in candidates]
     sv = None
     if weights is None:
-        sub = cv_subset(len(z_t))
-        rings_s = np.asarray(rings)[sub]
-        folds = ring_folds(rings_s, uv_t[sub], n_folds)
-        pred, y = cross_validate(candidates, mde, uv_t[sub], z_t[sub], folds)
-        weights, sv = summarise(names, pred, y, folds, rings_s, margin)
+        weights, sv = validate(candidates, mde, uv_t, z_t, rings, n_folds, margin)
     res = blend_fits(candidates, weights, mde, uv_t, z_t)
     return res, sv
 
