@@ -78,10 +78,10 @@ PARAMS: tuple[Param, ...] = (
     Param("prior_max_age", 2.0, "seconds: an older prior is dropped (the below_min_anchors policy applies)", True),
     Param("prior_sigma_growth", 0.5, "uncertainty of a frame carried by the prior: log-sigma added (in quadrature) per "
           "second of the prior's age, >= 0", True),
-    Param("self_validation", "off", "cross-validate each N-th frame on whole held-out LiDAR rings: off, estimate "
+    Param("self_validation", "blend", "cross-validate each N-th frame on whole held-out LiDAR rings: off, estimate "
           "(the method's held-out AbsRel in diagnostics as holdout_abs_rel: an online accuracy estimate) or blend "
           "(also stack the method with self_validation_candidates, weights in diagnostics)", True),
-    Param("self_validation_every", 10, "self-validation: cross-validate every N-th frame (blend weights carry over), "
+    Param("self_validation_every", 20, "self-validation: cross-validate every N-th frame (blend weights carry over), "
           ">= 1", True),
     Param("calibration_watchdog", True, "check the LiDAR-camera extrinsic across frames (LiDAR depth edges against "
           "image edges under small perturbations): OK / WARN / ERROR with the estimated error and a suggested "

@@ -72,8 +72,8 @@ class PipelineConfig:
     prior_max_age: float = 2.0  # seconds: an older prior is dropped (a frame without anchors falls back)
     prior_sigma_growth: float = 0.5  # log-sigma added (in quadrature) per second of the prior's age (validation)
     # self-validation (core/selfval.py): cross-validate on whole held-out LiDAR rings
-    self_validation: str = "off"  # off, estimate (held-out error in diagnostics) or blend (+ stacked candidates)
-    self_validation_every: int = 10  # cross-validate every N-th frame; blend weights carry over between
+    self_validation: str = "blend"  # off, estimate (held-out error in diagnostics) or blend (+ stacked candidates)
+    self_validation_every: int = 20  # cross-validate every N-th frame; blend weights carry over between
     self_validation_candidates: str = "grid-smooth,lwlr"  # besides `method` (blend)
     # calibration watchdog (core/extrinsic_watch.py): is the extrinsic right? evidence across frames
     calibration_watchdog: bool = True

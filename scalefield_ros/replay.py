@@ -36,7 +36,7 @@ import torch
 from .node_params import PARAM_DEFAULTS, pipeline_config
 from .core.metrics import depth_metrics, evaluation_mask
 from .core.transforms import quaternion_matrix
-from .pipeline import PIPELINE_METHODS, MetricDepthPipeline
+from .pipeline import PIPELINE_METHODS, SELF_VALIDATION, MetricDepthPipeline
 from .data.bags import BagFrames, FrameSet, ReplayError, ground_truth_for, holdout_split, resolve_bag  # noqa: F401
 from .ros import conversions as cv
 from .threads import add_threads_argument, set_threads
@@ -204,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
                                                 "generator_checkpoint": args.checkpoint, "device": args.device,
                                                 "allow_mde_mismatch": args.allow_mde_mismatch,
                                                 "tuned_baselines": replay_tuned(args),
-                                                "uncertainty_calibration": replay_uncertainty(args)}))
+                                                "uncertainty_calibration": replay_uncertainty(args),
+                                                "self_validation": args.self_validation}))
     writer = ResultWriter(Path(args.out))
     bagw = BagWriter(Path(args.write_bag)) if args.write_bag else None
     mode = "gt-topic" if frames.gt_topic else f"holdout {args.holdout:.0%} of LiDAR"
@@ -248,13 +249,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def lidar_rings_in_view(cloud, points: np.ndarray, K: np.ndarray, T: np.ndarray, size: tuple[int, int]) -> int:
-    """How many LiDAR rings reach into the image (a ``ring`` field, else the scan order)."""
-    from .core.rings import rings_from_scan_order, visible_rings
+def point_rings(cloud, points: np.ndarray) -> np.ndarray:
+    """Ring id of every point, as the node takes it: the cloud's ``ring`` field, else the scan order."""
+    from .core.rings import rings_from_scan_order
 
     rings = cv.cloud_field(cloud, "ring")
-    if rings is None or len(rings) != len(points):
-        rings = rings_from_scan_order(points)
+    if rings is not None and len(rings) == len(points):
+        return np.asarray(rings)
+    with np.errstate(invalid="ignore"):  # NaN returns get a ring id too; the projection drops them
+        return rings_from_scan_order(np.asarray(points, np.float32))
+
+
+def lidar_rings_in_view(rings: np.ndarray, points: np.ndarray, K: np.ndarray, T: np.ndarray,
+                        size: tuple[int, int]) -> int:
+    """How many LiDAR rings reach into the image."""
+    from .core.rings import visible_rings
+
     return len(visible_rings(points, rings, T, K, size))
 
 
@@ -285,8 +295,13 @@ def evaluate_frame(pipe: MetricDepthPipeline, frames: BagFrames, fs: FrameSet, m
         raise ReplayError(f"mismatched frame ids: image is in {fs.image.header.frame_id!r}, "
                           f"CameraInfo in {cam.frame_id!r}")
     T = frames.extrinsic(cam_frame, fs.cloud.header.frame_id, fallback_T)
+    rings = point_rings(fs.cloud, pts) if len(pts) else np.zeros(0, np.int64)
+    # The node self-validates its own method (the first one here, as --live runs it) on the
+    # anchors' rings; the other methods are the plain baselines it is compared with.
+    validate = pipe.cfg.self_validation != "off"
     t0 = time.perf_counter()
-    uv, z, reason = pipe.project(pts, cam.K, T, rgb.shape[:2])
+    uv, z, reason = pipe.project(pts, cam.K, T, rgb.shape[:2], rings=rings if validate else None)
+    anchor_rings = pipe.anchor_rings
     t_proj = time.perf_counter() - t0
     if reason:
         return {}
@@ -296,11 +311,13 @@ def evaluate_frame(pipe: MetricDepthPipeline, frames: BagFrames, fs: FrameSet, m
         keep, held = holdout_split(len(z), args.holdout, args.seed, fs.stamp)
         eval_uv, eval_z = uv[held].numpy(), z[held].numpy()
         uv, z = uv[keep], z[keep]
+        if anchor_rings is not None:
+            anchor_rings = anchor_rings[np.asarray(keep)]
     mde, feats, t_mde = pipe.predict(rgb)
-    out = {"_rings": lidar_rings_in_view(fs.cloud, pts, cam.K, T, rgb.shape[:2])}
+    out = {"_rings": lidar_rings_in_view(rings, pts, cam.K, T, rgb.shape[:2])}
     for m in methods:
         t1 = time.perf_counter()
-        res = pipe.align(mde, feats, uv, z, method=m)
+        res = pipe.align(mde, feats, uv, z, method=m, rings=anchor_rings if m == pipe.cfg.method else None)
         latency = 1000 * (time.perf_counter() - t1 + t_proj + t_mde)
         if res.depth is None:
             out[m] = (res, None, latency)
@@ -347,7 +364,8 @@ def run_live(args, frames: BagFrames, methods: list[str], fallback_T) -> int:
                  Parameter("extrinsic_translation", value=t), Parameter("extrinsic_rotation", value=q),
                  Parameter("image_transport", value="compressed" if frames.compressed else "raw"),
                  Parameter("qos_reliability", value="reliable"), Parameter("qos_depth", value=50),
-                 Parameter("tuned_baselines", value=replay_tuned(args))]
+                 Parameter("tuned_baselines", value=replay_tuned(args)),
+                 Parameter("self_validation", value=args.self_validation)]
     try:
         rig = LoopbackRig(None if external else overrides, sensor_reliable=True, external=external,
                           namespace=args.namespace, discovery_timeout=args.discovery_timeout if external else 15.0)
@@ -432,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--untuned", action="store_true", help="run the baselines with their default options")
     p.add_argument("--uncertainty", default="auto", help="uncertainty calibration: auto (street when --max-depth "
                    "> 20 m, else indoor), street, indoor, a YAML written by `calibrate`, or none")
+    p.add_argument("--self-validation", default=PARAM_DEFAULTS["self_validation"], choices=SELF_VALIDATION,
+                   help="the node's self-validation of the first method (off, estimate, blend; default: the node's)")
     p.add_argument("--allow-mde-mismatch", action="store_true",
                    help="run a generator trained for another MDE (refused by default; logged when allowed)")
     p.add_argument("--device", default="auto")
