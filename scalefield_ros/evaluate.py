@@ -354,7 +354,7 @@ class Evaluator:
         """The stacked candidates of :mod:`core.selfval`, cross-validated on whole rings of
         this image's anchors (u-blocks for grid anchors); also records, per image, the
         held-out error estimate beside the true error (for the estimate's calibration)."""
-        from .core.selfval import Candidate, self_validate
+        from .core.selfval import CANDIDATE_OPTIONS, Candidate, self_validate
 
         cands = []
         for name in self.selfval_candidates:
@@ -363,12 +363,14 @@ class Evaluator:
                 cands.append(Candidate(name, make("basis", generator=self.basis.generator, **opts),
                                        {"basis_maps": maps}))
             else:
-                cands.append(Candidate(name, self.baseline(name, regime, family), {"regions": labels}))
+                cands.append(Candidate(name, self.baseline(name, regime, family, CANDIDATE_OPTIONS.get(name)),
+                                       {"regions": labels}))
         rings = case.anchor_rings if case.anchor_rings is not None else np.zeros(len(case.z), np.int64)
         res, sv = self_validate(cands, mde, case.uv, case.z, rings)
         true = depth_metrics(res.depth, gt, mask)["abs_rel"]
         self.selfval_log.setdefault(regime, []).append(
-            {"weights": sv.weights, "holdout_abs_rel": sv.blend_abs_rel, "candidates_holdout": sv.holdout_abs_rel,
+            {"weights": sv.weights, "weights_outside": sv.weights_outside, "outside": sv.outside,
+             "holdout_abs_rel": sv.blend_abs_rel, "candidates_holdout": sv.holdout_abs_rel,
              "true_abs_rel": true, "folds": sv.folds, "rings": sv.rings})
         return res
 
@@ -421,10 +423,12 @@ class Evaluator:
             self._tuned[family] = load_tuned(self.tuned_spec, family)
         return tuned_options(self._tuned[family], regime, method)
 
-    def baseline(self, method: str, regime: str, family: str):
-        """The baseline as tuned for this family and regime (``tuned=None``: its defaults)."""
+    def baseline(self, method: str, regime: str, family: str, extra: dict | None = None):
+        """The baseline as tuned for this family and regime (``tuned=None``: its defaults);
+        ``extra``: options on top (not the baseline's: e.g. a self-validation candidate's)."""
         opts = self._tuned_for(family, regime, method)
         self.options_used.setdefault(method, {})[regime] = opts
+        opts = {**opts, **(extra or {})}
         key = (method, tuple(sorted((k, str(v)) for k, v in opts.items())))
         if key not in self._aligners:
             self._aligners[key] = make(method, **opts)

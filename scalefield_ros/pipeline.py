@@ -401,7 +401,7 @@ class MetricDepthPipeline:
         candidates with the last weights found. Returns the result to publish and what to
         report (``holdout``: the published fit's held-out AbsRel, ``weights``)."""
         from .core.generator import BasisMaps
-        from .core.selfval import Candidate, blend_fits, validate
+        from .core.selfval import CANDIDATE_OPTIONS, Candidate, blend_fits, validate
 
         cfg = self.cfg
         names = [method] + ([n for n in cfg.self_validation_candidates.split(",") if n and n != method]
@@ -409,6 +409,11 @@ class MetricDepthPipeline:
         cands = []
         for n in names:
             a = al if n == method else self.aligner(n)
+            if n != method and n in CANDIDATE_OPTIONS:  # the candidate's own instance (the method's stays exact)
+                key = f"{n}@selfval"
+                if key not in self._aligners:
+                    self._aligners[key] = make(n, **{**tuned_options(self.tuned, "rings", n), **CANDIDATE_OPTIONS[n]})
+                a = self._aligners[key]
             kw = {}
             if n == "basis":
                 E = res.extras["basis"] if n == method else None
@@ -432,7 +437,10 @@ class MetricDepthPipeline:
         self._sv_frame += 1
         if cfg.self_validation == "blend" and self._sv_weights is not None:
             res = blend_fits(cands, self._sv_weights, mde, uv, z, done={0: res})
-            out["weights"] = {n: round(float(w), 3) for n, w in zip(names, self._sv_weights)}
+            w = np.asarray(self._sv_weights).reshape(-1, len(names))
+            out["weights"] = {n: round(float(x), 3) for n, x in zip(names, w[0])}
+            if len(w) > 1:  # above and below the anchors (core.selfval.outside_span)
+                out["weights"].update({f"{n}_outside": round(float(x), 3) for n, x in zip(names, w[1])})
         return res, out
 
     def _sigma(self, method: str, res, mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor,

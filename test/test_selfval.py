@@ -93,8 +93,10 @@ def test_blend_mode_publishes_a_stack_with_weights(street):
     outs = [p.process(f.rgb, f.K, f.points, f.T_cam_lidar, rings=w.ring_ids(f.points)) for _ in range(3)]
     assert all(o.depth is not None for o in outs)
     assert np.isfinite(outs[0].holdout_abs_rel) and not np.isfinite(outs[1].holdout_abs_rel)  # every 2nd frame
-    assert set(outs[1].selfval_weights) == {"basis", "global", "lwlr"}  # carried over
-    assert abs(sum(outs[1].selfval_weights.values()) - 1) < 0.01
+    wts = outs[1].selfval_weights  # carried over: between the anchors, and above / below them
+    assert set(wts) == {"basis", "global", "lwlr", "basis_outside", "global_outside", "lwlr_outside"}
+    assert abs(sum(v for k, v in wts.items() if not k.endswith("_outside")) - 1) < 0.01
+    assert abs(sum(v for k, v in wts.items() if k.endswith("_outside")) - 1) < 0.01
 
 
 def test_self_validate_returns_the_first_candidate_unless_the_blend_is_clearly_better(street):
@@ -162,6 +164,56 @@ def test_the_blend_holds_between_the_rings_and_gives_way_to_the_default_outside(
     assert torch.allclose(res.depth[-2:], torch.full((2, w), 20.0), rtol=0.1)
     flat = blend_fits(cands, np.array([0.0, 1.0]), mde, uv, z, span=False)
     assert torch.allclose(flat.depth, torch.full((h, w), 40.0))
+
+
+def test_outermost_held_out_rings_are_the_extrapolation_samples():
+    """Interleaved folds over 6 horizontal rings: a held-out ring beyond every ring its fold
+    fit saw (the top and bottom ones) counts as outside the span, the inner ones do not."""
+    from scalefield_ros.core.selfval import outside_span
+
+    u = np.arange(0, 200, 5, dtype=np.float64)
+    rows = [20.0, 40.0, 60.0, 80.0, 100.0, 110.0]
+    uv = np.concatenate([np.stack([u, np.full_like(u, v)], 1) for v in rows])
+    rings = np.repeat(np.arange(6), len(u))
+    folds = ring_folds(rings, uv, 3)  # ring ranks 0, 3 | 1, 4 | 2, 5
+    out = outside_span(uv, folds, 200)
+    per_ring = [bool(out[rings == r].all()) for r in range(6)]
+    assert per_ring == [True, False, False, False, False, True]
+    assert not any(out[rings == r].any() for r in range(1, 5))
+
+
+def test_above_and_below_the_anchors_the_blend_follows_the_candidate_that_extrapolates():
+    """Held-out anchors: candidate 0 exact inside the span, candidate 1 exact outside it.
+    summarise() gives row 0 to candidate 0 and row 1 to candidate 1; blend_fits publishes
+    candidate 0 between the anchors' rows, hands over to candidate 1 just beyond them (the
+    outermost rings' reach) and back to the default far away, where nothing was tested."""
+    from scalefield_ros.core.selfval import blend_fits, summarise
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(1.0, 0.3, 400)
+    outside = np.arange(400) >= 300
+    pred = np.stack([y + np.where(outside, 0.4, 0.0) + rng.normal(0, 0.01, 400),
+                     y + np.where(outside, 0.0, 0.4) + rng.normal(0, 0.01, 400)], 1)
+    w, sv = summarise(["a", "b"], pred, y, np.arange(400) % 3, np.arange(400) % 6, outside=outside)
+    assert w.shape == (2, 2) and w[0, 0] > 0.7 and w[1, 1] > 0.95
+    assert sv.outside == 100 and sv.weights_outside["b"] > 0.95
+    assert sv.blend_abs_rel < 0.5 * sv.holdout_abs_rel["a"]  # the published blend's held-out error
+    few = summarise(["a", "b"], pred, y, np.arange(400) % 3, np.arange(400) % 6, outside=np.arange(400) >= 390)[0]
+    assert np.allclose(few[1], [1.0, 0.0])  # too few outside samples: the default there
+
+    h, wd = 120, 200
+    u = torch.arange(0, wd, 4, dtype=torch.float32)
+    uv = torch.cat([torch.stack([u, torch.full_like(u, v)], 1) for v in (40.0, 60.0, 80.0)])
+    mde = torch.full((h, wd), 10.0)
+    z = torch.full((len(uv),), 20.0)
+    cands = [Candidate("a", _Fixed(30.0)), Candidate("b", _Fixed(40.0))]
+    res = blend_fits(cands, np.array([[1.0, 0.0], [0.0, 1.0]]), mde, uv, z)
+    assert torch.allclose(res.depth[40:81], torch.full((41, wd), 30.0))
+    a = np.exp(-1.0)  # span_alpha 12 px (0.1 h) above the top anchors
+    near = np.exp(a * np.log(30.0) + (1 - a) * (a * np.log(40.0) + (1 - a) * np.log(30.0)))
+    assert float(res.depth[28, 100]) == pytest.approx(near, rel=1e-3) and near > 32.0
+    assert torch.allclose(res.depth[:2], torch.full((2, wd), 30.0), rtol=0.05)  # far above: the default
+    assert torch.allclose(res.depth[-2:], torch.full((2, wd), 30.0), rtol=0.05)
 
 
 class _Fixed:

@@ -34,6 +34,10 @@ from .generator import BasisMaps
 CV_MAX_ANCHORS = 1500
 #: Candidates of the node's self-validation (names of ``evaluate``'s methods).
 DEFAULT_CANDIDATES = ("basis-res", "grid-smooth", "lwlr")
+#: Options a candidate other than the node's method gets on top of its tuned ones: the
+#: blend fits it every frame, so ``lwlr`` takes its sums from a splat on dense scans (a
+#: fifth of the cost or less; see LWLRAligner).
+CANDIDATE_OPTIONS = {"lwlr": {"sums": "auto"}}
 
 
 def ring_folds(rings: np.ndarray | torch.Tensor, uv: np.ndarray | torch.Tensor, n_folds: int = 3) -> np.ndarray:
@@ -84,12 +88,14 @@ class Candidate:
 class SelfValidation:
     """What one frame's cross-validation found."""
 
-    weights: dict[str, float]  # stacking weights (sum 1)
+    weights: dict[str, float]  # stacking weights (sum 1) between the anchors' top and bottom rows
     holdout_abs_rel: dict[str, float]  # per candidate, on the held-out anchors
-    blend_abs_rel: float  # the stacked blend, on the held-out anchors
+    blend_abs_rel: float  # the published blend, on the held-out anchors
     folds: int
     held_out: int  # anchors that were scored
     rings: int  # rings in view
+    weights_outside: dict[str, float] = field(default_factory=dict)  # above / below the anchors (the extrapolation)
+    outside: int = 0  # held-out anchors that lay outside their fold fit's span
 
 
 def _batched(kwargs: dict, b: int) -> dict:
@@ -137,16 +143,38 @@ def cv_subset(n: int, max_anchors: int = CV_MAX_ANCHORS) -> np.ndarray:
     return np.arange(0, n, step)
 
 
+def outside_span(uv: np.ndarray | torch.Tensor, folds: np.ndarray, width: int, bins: int = 32) -> np.ndarray:
+    """``(N,)`` True where a held-out anchor lies above the highest or below the lowest anchor
+    its fold's fit saw in the same image column strip (``bins`` strips, as :func:`span_alpha`):
+    there the fit extrapolated. With interleaved ring folds the outermost rings are such
+    anchors, one ring spacing beyond the fitted ones -- free evidence of how each candidate
+    extrapolates. Strips where the fit saw no anchor count as inside."""
+    uv = np.asarray(uv.cpu() if torch.is_tensor(uv) else uv, np.float64).reshape(-1, 2)
+    b = np.clip((uv[:, 0] / max(width, 1) * bins).astype(np.int64), 0, bins - 1)
+    out = np.zeros(len(uv), bool)
+    for k in np.unique(folds):
+        fit, held = folds != k, folds == k
+        lo = np.full(bins, np.inf)
+        hi = np.full(bins, -np.inf)
+        np.minimum.at(lo, b[fit], uv[fit, 1])
+        np.maximum.at(hi, b[fit], uv[fit, 1])
+        v, bb = uv[held, 1], b[held]
+        out[held] = np.isfinite(lo[bb]) & ((v < lo[bb]) | (v > hi[bb]))
+    return out
+
+
 def validate(candidates: list[Candidate], mde: torch.Tensor, uv: torch.Tensor, z: torch.Tensor, rings,
              n_folds: int = 3, margin: float = 0.05) -> tuple[np.ndarray, SelfValidation]:
     """One cross-validation: the anchors thinned (:func:`cv_subset`), folds of whole rings,
-    every candidate's out-of-fold predictions, and :func:`summarise`'s weights and errors."""
+    every candidate's out-of-fold predictions, and :func:`summarise`'s weights ``(2, C)``
+    (inside and outside the anchors' span) and errors."""
     sub = cv_subset(len(z))
     rings_s = np.asarray(rings)[sub]
     sub_t = torch.as_tensor(sub, device=torch.as_tensor(z).device)
     folds = ring_folds(rings_s, uv[sub_t], n_folds)
     pred, y = cross_validate(candidates, mde, uv[sub_t], z[sub_t], folds)
-    return summarise([c.name for c in candidates], pred, y, folds, rings_s, margin)
+    outside = outside_span(uv[sub_t], folds, int(torch.as_tensor(mde).shape[-1]))
+    return summarise([c.name for c in candidates], pred, y, folds, rings_s, margin, outside)
 
 
 def self_validate(candidates: list[Candidate], mde: torch.Tensor, uv, z, rings, n_folds: int = 3,
@@ -192,51 +220,67 @@ def span_alpha(uv: torch.Tensor, size: tuple[int, int], ramp: float = 0.1, bins:
     return torch.exp(-d / (ramp * h))
 
 
-def blend_fits(candidates: list[Candidate], weights: np.ndarray, mde: torch.Tensor, uv: torch.Tensor,
-               z: torch.Tensor, min_weight: float = 0.01,
-               done: dict[int, AlignmentResult] | None = None, span: bool = True,
-               max_anchors: int = CV_MAX_ANCHORS) -> AlignmentResult:
-    """The candidates fitted on all anchors, blended in log depth with ``weights`` (a
-    candidate under ``min_weight`` is not run; where one is NaN the others' weights are
-    renormalised). ``done``: fits already made (candidate index -> result). ``span``: the
-    blend holds between the anchors' top and bottom rows and gives way to the first
-    candidate (the default) outside them (:func:`span_alpha`). The candidates other than
-    the first are fitted on at most ``max_anchors`` anchors (:func:`cv_subset`): they are
-    smoothers, and a dense scan would make them the frame's dearest stage."""
-    sub = torch.as_tensor(cv_subset(len(z), max_anchors), device=torch.as_tensor(z).device)
-    keep = [i for i, x in enumerate(weights) if x >= min_weight] or [int(np.argmax(weights))]
-    if keep == [0] and done and 0 in done:
-        return done[0]
+def _log_blend(fits: dict[int, AlignmentResult], weights: np.ndarray, keep: list[int]) -> torch.Tensor:
+    """Weighted mean of the kept fits' log depth; where a fit is NaN the others' weights are
+    renormalised (NaN where none is finite)."""
     acc = wsum = None
-    last = None
-    fits = {}
-    for i in keep + ([0] if span and 0 not in keep else []):
-        cand = candidates[i]
-        if done and i in done:
-            r = done[i]
-        else:
-            u_i, z_i = (uv, z) if i == 0 else (uv[sub], z[sub])
-            r = cand.aligner.fit(mde, u_i, z_i, **cand.fit_kwargs)
-        fits[i] = last = r
-        if i not in keep:
-            continue  # the default, needed only outside the span
-        ld = torch.log(r.depth)
+    for i in keep:
+        ld = torch.log(fits[i].depth)
         ok = torch.isfinite(ld)
         wi = float(weights[i])
         term = torch.where(ok, wi * ld, torch.zeros_like(ld))
         acc = term if acc is None else acc + term
         wt = ok.float() * wi
         wsum = wt if wsum is None else wsum + wt
-    depth = torch.where(wsum > 0, torch.exp(acc / wsum.clamp_min(1e-12)), torch.full_like(acc, float("nan")))
-    if span and keep != [0]:
-        alpha = span_alpha(uv, tuple(depth.shape[-2:])).to(depth.device)
-        d0 = fits[0].depth
-        both = torch.isfinite(depth) & torch.isfinite(d0) & (d0 > 0)
-        mixed = torch.exp(alpha * torch.log(depth) + (1 - alpha) * torch.log(torch.where(both, d0, depth)))
-        depth = torch.where(both, mixed, torch.where(torch.isfinite(depth), depth, d0))
+    return torch.where(wsum > 0, acc / wsum.clamp_min(1e-12), torch.full_like(acc, float("nan")))
+
+
+def blend_fits(candidates: list[Candidate], weights: np.ndarray, mde: torch.Tensor, uv: torch.Tensor,
+               z: torch.Tensor, min_weight: float = 0.01,
+               done: dict[int, AlignmentResult] | None = None, span: bool = True,
+               max_anchors: int = CV_MAX_ANCHORS) -> AlignmentResult:
+    """The candidates fitted on all anchors, blended in log depth with ``weights`` (a
+    candidate under ``min_weight`` is not run). ``weights`` is ``(C,)``, or ``(2, C)`` from
+    :func:`validate`: the blend between the anchors' top and bottom rows, and the one above
+    and below them. ``done``: fits already made (candidate index -> result). ``span``: the
+    first blend holds between the anchors' top and bottom rows and gives way to the second
+    (with ``(C,)`` weights: to the first candidate, the default) outside them
+    (:func:`span_alpha`). Without ``span`` only the first blend is made. The candidates
+    other than the first are fitted on at most ``max_anchors`` anchors (:func:`cv_subset`):
+    they are smoothers, and a dense scan would make them the frame's dearest stage."""
+    w = np.asarray(weights, np.float64).reshape(-1, len(candidates))
+    w_in = w[0]
+    w_out = w[1] if len(w) > 1 else np.eye(len(candidates))[0]
+
+    def kept(x: np.ndarray) -> list[int]:
+        return [i for i, v in enumerate(x) if v >= min_weight] or [int(np.argmax(x))]
+
+    keep_in, keep_out = kept(w_in), kept(w_out) if span else []
+    if keep_in == [0] and keep_out in ([], [0]) and done and 0 in done:
+        return done[0]
+    sub = torch.as_tensor(cv_subset(len(z), max_anchors), device=torch.as_tensor(z).device)
+    fits = dict(done or {})
+    for i in sorted(set(keep_in) | set(keep_out) | ({0} if span else set())):
+        if i not in fits:
+            u_i, z_i = (uv, z) if i == 0 else (uv[sub], z[sub])
+            fits[i] = candidates[i].aligner.fit(mde, u_i, z_i, **candidates[i].fit_kwargs)
+    log = _log_blend(fits, w_in, keep_in)
+    if span:
+        # inside the span the blend; just beyond it (the outermost held-out rings' reach) the
+        # outside blend; far beyond it the default, which the cross-validation never tested
+        alpha = span_alpha(uv, tuple(log.shape[-2:])).to(log.device)
+        log_out = _log_blend(fits, w_out, keep_out) if keep_out != [0] or w_out[0] < 1 else None
+        log0 = torch.log(fits[0].depth)
+        if log_out is not None:
+            near = torch.isfinite(log_out) & torch.isfinite(log0)
+            log0 = torch.where(near, alpha * log_out + (1 - alpha) * log0, torch.where(torch.isfinite(log0), log0,
+                                                                                        log_out))
+        both = torch.isfinite(log) & torch.isfinite(log0)
+        log = torch.where(both, alpha * log + (1 - alpha) * log0, torch.where(torch.isfinite(log), log, log0))
+    depth = torch.exp(log)
     mde_t = torch.as_tensor(mde).float()
     scale = depth / torch.where(torch.isfinite(mde_t) & (mde_t > 0), mde_t, torch.ones_like(mde_t))
-    base = fits.get(0, last)
+    base = fits.get(0, fits[keep_in[0]])
     return AlignmentResult(depth, scale, base.anchors_used, base.fallback, base.residual, dict(base.timings),
                            dict(base.extras))
 
@@ -252,23 +296,41 @@ def trimmed_mean(x: np.ndarray, trim: float = 0.1, axis: int = 0) -> np.ndarray:
     return np.where(n > 0, np.where(sel, np.nan_to_num(x, posinf=0.0), 0.0).sum(axis=axis) / keep, np.nan)
 
 
-def summarise(names: list[str], pred: np.ndarray, y: np.ndarray, folds: np.ndarray, rings,
-              margin: float = 0.05) -> tuple[np.ndarray, SelfValidation]:
-    """Stacking weights (the first candidate alone unless the blend is ``margin`` better on
-    the held-out anchors) and the held-out errors of every candidate and of the blend."""
+def _stack(pred: np.ndarray, y: np.ndarray, err: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stacking weights on these held-out anchors (the first candidate alone unless the
+    blend is ``margin`` better) and the blend's relative error at each."""
     weights = stack_weights(pred, y)
     zz = np.exp(y)
-    err = np.abs(np.exp(pred) - zz[:, None]) / zz[:, None]
     blend = np.abs(np.exp(np.nan_to_num(pred, nan=0.0) @ weights) - zz) / zz
+    if not trimmed_mean(blend) < (1.0 - margin) * trimmed_mean(err)[0]:
+        return np.eye(pred.shape[1])[0], err[:, 0]
+    return weights, blend
+
+
+def summarise(names: list[str], pred: np.ndarray, y: np.ndarray, folds: np.ndarray, rings,
+              margin: float = 0.05, outside: np.ndarray | None = None,
+              min_outside: int = 30) -> tuple[np.ndarray, SelfValidation]:
+    """Stacking weights ``(2, C)`` and the held-out errors of every candidate and of the
+    published blend. Row 0 is stacked on all held-out anchors (the first candidate alone
+    unless the blend is ``margin`` better), row 1 on those ``outside`` their fold fit's
+    span (:func:`outside_span`; the first candidate while fewer than ``min_outside``), for
+    the pixels above and below the anchors, where every candidate extrapolates."""
+    zz = np.exp(y)
+    err = np.abs(np.exp(pred) - zz[:, None]) / zz[:, None]
     per = trimmed_mean(err)
-    if not trimmed_mean(blend) < (1.0 - margin) * per[0]:
-        weights = np.eye(len(names))[0]
-        blend = err[:, 0]
-    sv = SelfValidation({n: float(x) for n, x in zip(names, weights)},
+    w_in, blend = _stack(pred, y, err, margin)
+    w_out = np.eye(len(names))[0]
+    out = np.zeros(len(y), bool) if outside is None else np.asarray(outside, bool)
+    if out.sum() >= min_outside:
+        w_out, blend[out] = _stack(pred[out], y[out], err[out], margin)
+    else:
+        blend[out] = err[out, 0]
+    sv = SelfValidation({n: float(x) for n, x in zip(names, w_in)},
                         {n: float(per[i]) for i, n in enumerate(names)},
                         float(trimmed_mean(blend)), int(folds.max()) + 1 if len(folds) else 0, len(zz),
-                        len(np.unique(np.asarray(rings))))
-    return weights, sv
+                        len(np.unique(np.asarray(rings))), {n: float(x) for n, x in zip(names, w_out)},
+                        int(out.sum()))
+    return np.stack([w_in, w_out]), sv
 
 
 def estimate_abs_rel(model: dict, holdout: float, rings: float, sigma_rel: float = float("nan")) -> float:
