@@ -241,7 +241,14 @@ class MetricDepthPipeline:
         if self.adapter is not None:
             self.adapter.stop()
 
-    def aligner(self, name: str):
+    def aligner(self, name: str, extra: dict | None = None):
+        """The method's aligner (built once); ``extra``: options on top of its tuned ones, in
+        an instance of its own (e.g. a self-validation candidate's)."""
+        if extra and name != "basis":
+            key = f"{name}@{sorted(extra.items())}"
+            if key not in self._aligners:
+                self._aligners[key] = make(name, **{**tuned_options(self.tuned, "rings", name), **extra})
+            return self._aligners[key]
         if name not in self._aligners:
             opts = {}
             if name == "basis":
@@ -408,12 +415,7 @@ class MetricDepthPipeline:
                             if cfg.self_validation == "blend" else [])
         cands = []
         for n in names:
-            a = al if n == method else self.aligner(n)
-            if n != method and n in CANDIDATE_OPTIONS:  # the candidate's own instance (the method's stays exact)
-                key = f"{n}@selfval"
-                if key not in self._aligners:
-                    self._aligners[key] = make(n, **{**tuned_options(self.tuned, "rings", n), **CANDIDATE_OPTIONS[n]})
-                a = self._aligners[key]
+            a = al if n == method else self.aligner(n, CANDIDATE_OPTIONS.get(n))
             kw = {}
             if n == "basis":
                 E = res.extras["basis"] if n == method else None

@@ -235,6 +235,12 @@ def _log_blend(fits: dict[int, AlignmentResult], weights: np.ndarray, keep: list
     return torch.where(wsum > 0, acc / wsum.clamp_min(1e-12), torch.full_like(acc, float("nan")))
 
 
+def _mix(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``alpha a + (1 - alpha) b`` where both are finite, else whichever is."""
+    both = torch.isfinite(a) & torch.isfinite(b)
+    return torch.where(both, alpha * a + (1 - alpha) * b, torch.where(torch.isfinite(a), a, b))
+
+
 def blend_fits(candidates: list[Candidate], weights: np.ndarray, mde: torch.Tensor, uv: torch.Tensor,
                z: torch.Tensor, min_weight: float = 0.01,
                done: dict[int, AlignmentResult] | None = None, span: bool = True,
@@ -269,14 +275,10 @@ def blend_fits(candidates: list[Candidate], weights: np.ndarray, mde: torch.Tens
         # inside the span the blend; just beyond it (the outermost held-out rings' reach) the
         # outside blend; far beyond it the default, which the cross-validation never tested
         alpha = span_alpha(uv, tuple(log.shape[-2:])).to(log.device)
-        log_out = _log_blend(fits, w_out, keep_out) if keep_out != [0] or w_out[0] < 1 else None
         log0 = torch.log(fits[0].depth)
-        if log_out is not None:
-            near = torch.isfinite(log_out) & torch.isfinite(log0)
-            log0 = torch.where(near, alpha * log_out + (1 - alpha) * log0, torch.where(torch.isfinite(log0), log0,
-                                                                                        log_out))
-        both = torch.isfinite(log) & torch.isfinite(log0)
-        log = torch.where(both, alpha * log + (1 - alpha) * log0, torch.where(torch.isfinite(log), log, log0))
+        if not np.array_equal(w_out, np.eye(len(candidates))[0]):
+            log0 = _mix(_log_blend(fits, w_out, keep_out), log0, alpha)
+        log = _mix(log, log0, alpha)
     depth = torch.exp(log)
     mde_t = torch.as_tensor(mde).float()
     scale = depth / torch.where(torch.isfinite(mde_t) & (mde_t > 0), mde_t, torch.ones_like(mde_t))
